@@ -1,0 +1,1 @@
+"""World models behind one protocol (see :mod:`world_models.base`). Imports torch and numpy only."""
