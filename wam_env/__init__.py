@@ -1,0 +1,52 @@
+"""The public face of wam: imagined Gymnasium envs and their registration.
+
+Importing ``wam_env`` registers, for every task with a registered name:
+
+- ``wam/<Name>-v0``: the real env (physics),
+- ``wam/<Name>-Imagined-v0``: the world model (``gym.make`` → numpy :class:`ImaginedEnv`,
+  ``gym.make_vec`` → batched torch :class:`ImaginedVecEnv`),
+
+and ``wam/Imagined-v0`` for any checkpoint (the task is read from the checkpoint, so a model
+trained on any Gymnasium env works with its learned reward and termination heads).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from tasks import TASKS
+from wam_env.imagined import ImaginedEnv, ImaginedVecEnv, Imagination
+
+_IMAGINED = "wam_env.imagined:ImaginedEnv"
+_IMAGINED_VEC = "wam_env.imagined:ImaginedVecEnv"
+
+
+def _register(env_id: str, **kwargs) -> None:
+    if env_id not in gym.registry:
+        gym.register(env_id, **kwargs)
+
+
+def register_envs() -> None:
+    """Register the wam env ids (idempotent)."""
+    for task in TASKS.values():
+        if task.registered_name is None:
+            continue
+        real = gym.spec(task.env_id)
+        _register(
+            f"wam/{task.registered_name}-v0",
+            entry_point=real.entry_point,
+            max_episode_steps=task.max_episode_steps,
+            kwargs={**real.kwargs, **task.env_kwargs},
+        )
+        _register(
+            f"wam/{task.registered_name}-Imagined-v0",
+            entry_point=_IMAGINED,
+            vector_entry_point=_IMAGINED_VEC,
+            kwargs={"task": task.name},
+        )
+    _register("wam/Imagined-v0", entry_point=_IMAGINED, vector_entry_point=_IMAGINED_VEC)
+
+
+register_envs()
+
+__all__ = ["ImaginedEnv", "ImaginedVecEnv", "Imagination", "register_envs"]

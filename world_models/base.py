@@ -148,8 +148,14 @@ class WorldModel(nn.Module):
             carry = self.observe(carry, obs[:, t], prev_action[:, t], is_first[:, t])
         return carry
 
-    def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True) -> tuple[Carry, Prediction]:
+    def imagine(
+        self, carry: Carry, action: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[Carry, Prediction]:
         """Predict one step: consume ``(carry["obs"], action)`` with action (B, A) in env units.
+
+        ``sample=True`` draws from the model's predictive distribution (random ensemble member
+        per env, Gaussian noise) using ``generator`` (seeded envs are deterministic);
+        ``sample=False`` returns the mean prediction.
 
         Returns the new carry (whose ``"obs"`` is the predicted observation) and the Prediction.
         """

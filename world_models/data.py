@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from world_models.base import ModelSpec
+
 FORMAT = "wam.dataset"
 FORMAT_VERSION = 1
 
@@ -246,3 +248,27 @@ class WindowSampler:
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         start = torch.randint(0, len(self), (batch_size,), device=self.device, generator=self.generator)
         return self.window(start)
+
+
+def model_spec_from_data(
+    meta: dict[str, Any], data: dict[str, np.ndarray], history: int, forecast: int, dt: float = 0.05
+):
+    """The :class:`~world_models.base.ModelSpec` of a dataset: dims and action bounds from its
+    meta, the observed range of ``data["obs"]`` / ``data["next_obs"]`` as the divergence range."""
+    space = meta.get("action_space")
+    if not space or space.get("type") != "Box":
+        raise DatasetError("dataset meta has no Box action_space; world models need bounded Box actions")
+    obs = np.concatenate([np.asarray(data["obs"]), np.asarray(data["next_obs"])])
+    names = tuple(meta.get("obs_names", ()))
+    return ModelSpec(
+        obs_dim=int(meta["obs_dim"]),
+        action_dim=int(meta["action_dim"]),
+        action_low=tuple(float(x) for x in space["low"]),
+        action_high=tuple(float(x) for x in space["high"]),
+        history=history,
+        forecast=forecast,
+        dt=dt,
+        obs_low=tuple(float(x) for x in obs.min(axis=0)),
+        obs_high=tuple(float(x) for x in obs.max(axis=0)),
+        obs_names=names,
+    )

@@ -1,0 +1,3 @@
+from wam.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""``wam <command> [config=FILE.yaml] [key=value ...]``: thin shells over :mod:`wam.loop`.
+
+Commands:
+  collect        real env → dataset          (collect.steps, collect.policy, paths.data)
+  train-model    dataset → world model       (model=rwm_gru|mlp_ensemble, paths.model)
+  train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3)
+  evaluate       policy → returns on the real env (evaluate.episodes)
+  demo           the whole loop on Pendulum, then runs/demo/report.md with plots
+  config         print the merged config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from wam.config import ConfigError, load_config
+
+COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "demo", "config")
+
+
+def _config(command: str, args: list[str]) -> dict:
+    base = None
+    if args and args[0].startswith("config="):
+        base, args = args[0].split("=", 1)[1], args[1:]
+    if command == "demo":
+        args = ["run_dir=runs/demo", *args]
+    cfg = load_config(args, base)
+    if cfg["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but torch sees no CUDA device")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wam", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys), e.g. model.train.max_steps=500")
+    ns = parser.parse_args(argv)
+    try:
+        cfg = _config(ns.command, ns.overrides)
+        if ns.command == "config":
+            print(yaml.safe_dump(cfg, sort_keys=False))
+            return 0
+        from wam import loop  # heavy imports only when a command runs
+
+        if ns.command == "collect":
+            store = loop.run_collect(cfg)
+            print(f"dataset {store.path}: {len(store)} transitions, {store.meta['num_episodes']} episodes")
+        elif ns.command == "train-model":
+            _, metrics = loop.run_train_model(cfg)
+            print(json.dumps(metrics, indent=2))
+        elif ns.command == "train-policy":
+            _, curve = loop.run_train_policy(cfg)
+            print(f"policy saved to {loop.run_path(cfg, 'policy', 'policy')} ({curve['train_seconds']:.0f} s)")
+        elif ns.command == "evaluate":
+            r = loop.run_evaluate(cfg)
+            print(f"{r['task']}: mean return {r['mean_return']:.1f} ± {r['std_return']:.1f} over {r['episodes']} real episodes")
+        elif ns.command == "demo":
+            from wam.demo import run_demo
+
+            run_demo(cfg)
+    except ConfigError as e:
+        print(f"wam {ns.command}: config error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,139 @@
+"""The arrows of the loop, one function each: collect → train model → train policy → evaluate.
+
+Each takes the experiment config (see :mod:`wam.config`) and returns what it made; the CLI
+subcommands and ``wam demo`` are thin shells around them. This is the one place where tasks,
+world models, imagined envs and agents meet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import ppo_rsl_rl, ppo_sb3
+from agents.evaluate import evaluate_policy
+from agents.policy import MLPPolicy
+from tasks import Task, get_task
+from tasks.collect import collect, dataset_meta, make_real_vec_env, random_policy, with_noise
+from wam.config import ConfigError, dataclass_from
+from wam_env import ImaginedVecEnv
+from world_models import build_model, load_checkpoint, save_checkpoint
+from world_models.data import TransitionStore, model_spec_from_data, split_episodes, to_torch
+from world_models.training import WorldModelTrainConfig, train_world_model
+
+AGENTS = {
+    "ppo_sb3": (ppo_sb3.Sb3PPOConfig, ppo_sb3.train),
+    "ppo_rsl_rl": (ppo_rsl_rl.RslRlPPOConfig, ppo_rsl_rl.train),
+}
+START_DATA_LIMIT = 200_000  # transitions of real start states saved inside a model checkpoint
+
+
+def run_path(cfg: dict[str, Any], key: str, default: str) -> Path:
+    """``cfg[...][key]`` or ``<run_dir>/<default>``."""
+    return Path(cfg["paths"][key] or Path(cfg["run_dir"]) / default)
+
+
+def task_of(cfg: dict[str, Any]) -> Task:
+    try:
+        return get_task(cfg["task"])
+    except KeyError as e:
+        raise ConfigError(str(e)) from e
+
+
+def collection_policy(cfg: dict[str, Any], task: Task, seed: int):
+    """The policy that ``collect.policy`` names: ``random`` or a policy folder, plus noise."""
+    c = cfg["collect"]
+    space = make_real_vec_env(task, 1).single_action_space
+    if c["policy"] in (None, "random"):
+        return random_policy(space, seed)
+    policy = MLPPolicy.load(c["policy"])
+    return with_noise(policy.act, space, float(c["noise"]), seed) if c["noise"] else policy.act
+
+
+def run_collect(cfg: dict[str, Any], policy=None, steps: int | None = None, seed_offset: int = 0) -> TransitionStore:
+    """Collect real transitions into the dataset at ``paths.data`` (appending)."""
+    task = task_of(cfg)
+    c = cfg["collect"]
+    seed = int(cfg["seed"]) + seed_offset
+    policy = policy if policy is not None else collection_policy(cfg, task, seed)
+    transitions = collect(task, policy, int(steps or c["steps"]), num_envs=int(c["num_envs"]), seed=seed, progress=cfg["progress"])
+    store = TransitionStore(run_path(cfg, "data", "data"), dataset_meta(task))
+    store.append(transitions)
+    return store
+
+
+def run_train_model(cfg: dict[str, Any], log_name: str = "world_model") -> tuple[Any, dict[str, float]]:
+    """Train the configured world model on ``paths.data``; save it to ``paths.model``."""
+    task = task_of(cfg)
+    m = cfg["model"]
+    store = TransitionStore(run_path(cfg, "data", "data"))
+    if store.meta.get("task") not in (task.name, None):
+        raise ConfigError(f"dataset {store.path} was collected on task {store.meta.get('task')!r}, not {task.name!r}")
+    data = store.load()
+    train, val = split_episodes(data, float(m["val_fraction"]), seed=int(cfg["seed"]))
+    spec = model_spec_from_data(store.meta, train, int(m["history"]), int(m["forecast"]), float(m["dt"]))
+    try:
+        model = build_model(m["name"], spec, **(m["params"] or {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.params: {e}") from e
+    train_cfg = dataclass_from(WorldModelTrainConfig, {**m["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
+    t0 = time.perf_counter()
+    metrics = train_world_model(
+        model, to_torch(train, cfg["device"]), to_torch(val, cfg["device"]), train_cfg,
+        log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
+    )
+    metrics["train_seconds"] = time.perf_counter() - t0
+    start = {f"start/{k}": torch.as_tensor(data[k][-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+    save_checkpoint(
+        model, run_path(cfg, "model", "world_model"),
+        extra={"task": task.name, "env_id": task.env_id, "dataset": str(store.path), "metrics": metrics},
+        tensors=start,
+    )
+    return model, metrics
+
+
+def make_imagined_env(cfg: dict[str, Any], model=None) -> ImaginedVecEnv:
+    """The batched imagined env the agent trains in (``agent.num_envs`` envs)."""
+    a = cfg["agent"]
+    return ImaginedVecEnv(
+        num_envs=int(a["num_envs"]),
+        model=model if model is not None else str(run_path(cfg, "model", "world_model")),
+        task=cfg["task"],
+        device=cfg["device"],
+        max_episode_steps=a["max_episode_steps"],
+        sample=bool(a["sample"]),
+    )
+
+
+def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:
+    """Train the configured agent inside imagination only; save it to ``paths.policy``."""
+    a = cfg["agent"]
+    if a["name"] not in AGENTS:
+        raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted(AGENTS)}")
+    config_cls, train = AGENTS[a["name"]]
+    agent_cfg = dataclass_from(config_cls, {**(a["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
+    env = make_imagined_env(cfg)
+    t0 = time.perf_counter()
+    policy, curve = train(env, agent_cfg, log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
+    curve["train_seconds"] = time.perf_counter() - t0
+    policy.save(run_path(cfg, "policy", "policy"))
+    return policy, curve
+
+
+def run_evaluate(cfg: dict[str, Any], policy: MLPPolicy | None = None) -> dict[str, Any]:
+    """Evaluate a policy (``paths.policy``) on the task's real env; write ``evaluation.json``."""
+    task = task_of(cfg)
+    e = cfg["evaluate"]
+    policy = policy if policy is not None else MLPPolicy.load(run_path(cfg, "policy", "policy"))
+    returns = evaluate_policy(policy.act, task, episodes=int(e["episodes"]), seed=int(cfg["seed"]) + 10_000)
+    result = {"task": task.name, "episodes": len(returns), "mean_return": float(np.mean(returns)),
+              "std_return": float(np.std(returns)), "returns": returns.tolist()}
+    out = Path(cfg["run_dir"]) / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
