@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ class TransitionStore:
                 with np.load(self.path / name, allow_pickle=False) as z:
                     for k in FIELDS:
                         parts[k].append(z[k])
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
                 raise DatasetError(f"corrupt dataset chunk {self.path / name}: {e}") from e
         if not parts["reward"]:
             raise DatasetError(f"dataset {self.path} holds no transitions")

@@ -1,0 +1,88 @@
+"""Score a policy in the task's real env (physics, not imagination).
+
+Episode ``k`` of an evaluation always starts from ``reset(seed=seed + k)``, whatever
+``num_envs`` is, so two policies evaluated with the same ``seed`` face the same start states.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from agents.policy import MLPPolicy
+from tasks.base import Task
+from tasks.collect import make_real_vec_env
+
+# obs (N, D) float32 -> actions (N, A) in env units
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_callable(policy: Policy | MLPPolicy) -> Policy:
+    return policy.act if isinstance(policy, MLPPolicy) else policy
+
+
+def evaluate_policy(
+    policy: Policy | MLPPolicy,
+    task: Task,
+    episodes: int = 20,
+    seed: int = 0,
+    num_envs: int = 10,
+) -> np.ndarray:
+    """Returns of ``episodes`` complete real episodes, shape (episodes,) float64.
+
+    Episodes run in rounds of ``num_envs`` parallel envs (a gymnasium sync vector env of the
+    task's real env); each round resets its envs with seeds ``seed + k`` and keeps each env's
+    first episode only. Actions are clipped to the action box.
+    """
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    act = _as_callable(policy)
+    num_envs = min(num_envs, episodes)
+    env = make_real_vec_env(task, num_envs)
+    low, high = env.single_action_space.low, env.single_action_space.high
+    returns = np.zeros(episodes)
+    for first in range(0, episodes, num_envs):
+        obs, _ = env.reset(seed=[seed + first + i for i in range(num_envs)])
+        total, running = np.zeros(num_envs), np.ones(num_envs, dtype=bool)
+        while running.any():
+            action = np.asarray(act(obs.reshape(num_envs, -1).astype(np.float32)), dtype=np.float32)
+            action = np.clip(action.reshape(num_envs, *low.shape), low, high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += np.where(running, reward, 0.0)
+            running &= ~(terminated | truncated)
+        count = min(num_envs, episodes - first)
+        returns[first : first + count] = total[:count]
+    env.close()
+    return returns
+
+
+def rollout_real(policy: Policy | MLPPolicy, task: Task, seed: int, steps: int) -> dict[str, np.ndarray]:
+    """One real episode from ``reset(seed=seed)``, at most ``steps`` steps.
+
+    Returns ``obs`` (T + 1, D) float32 (the start and every next observation, the true final
+    one last), ``action`` (T, A) float32 (clipped to the box, as applied), ``reward`` (T,),
+    ``terminated`` / ``truncated`` (T,) bool.
+    """
+    act = _as_callable(policy)
+    env = gym.make(task.env_id, max_episode_steps=task.max_episode_steps, **task.env_kwargs)
+    low, high = env.action_space.low, env.action_space.high
+    obs, _ = env.reset(seed=seed)
+    rows: dict[str, list] = {"obs": [np.asarray(obs, np.float32).ravel()], "action": [], "reward": [], "terminated": [], "truncated": []}
+    for _ in range(steps):
+        action = np.clip(np.asarray(act(rows["obs"][-1][None]), np.float32).reshape(low.shape), low, high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        for k, v in (("obs", np.asarray(obs, np.float32).ravel()), ("action", action.ravel()), ("reward", reward),
+                     ("terminated", terminated), ("truncated", truncated)):
+            rows[k].append(v)
+        if terminated or truncated:
+            break
+    env.close()
+    return {
+        "obs": np.stack(rows["obs"]),
+        "action": np.stack(rows["action"]) if rows["action"] else np.zeros((0, *low.shape), np.float32),
+        "reward": np.asarray(rows["reward"], np.float64),
+        "terminated": np.asarray(rows["terminated"], bool),
+        "truncated": np.asarray(rows["truncated"], bool),
+    }

@@ -1,0 +1,18 @@
+"""Shared fixtures: small real Pendulum datasets, built once per test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def pendulum_transitions() -> dict[str, np.ndarray]:
+    """3000 real Pendulum-v1 transitions (random policy, 6 envs, 15 episodes)."""
+    from tasks import get_task
+    from tasks.collect import collect
+
+    return collect(get_task("pendulum"), None, 3000, num_envs=6, seed=0, progress=False)

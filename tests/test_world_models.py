@@ -1,0 +1,401 @@
+"""World models: protocol semantics, training on real Pendulum data, heads, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from tasks import get_task
+from tasks.collect import collect
+from world_models import (
+    CheckpointError,
+    ModelSpec,
+    Prediction,
+    TransitionHeads,
+    WorldModelTrainConfig,
+    build_model,
+    load_checkpoint,
+    open_loop_error,
+    save_checkpoint,
+    termination_metrics,
+    train_world_model,
+    WorldModel,
+)
+from world_models.data import WindowSampler, split_episodes, to_torch
+
+SPEC = ModelSpec(obs_dim=3, action_dim=1, action_low=(-2.0,), action_high=(2.0,), history=4, forecast=4)
+SMALL = {
+    "rwm_gru": {"hidden": 64, "layers": 2, "head_hidden": 64, "ensemble": 3},
+    "mlp_ensemble": {"members": 4, "elites": 3, "hidden": 64, "layers": 3},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """The models here are tiny: one thread is faster and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_model(name: str, spec: ModelSpec = SPEC, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, spec, **{**SMALL[name], **overrides})
+
+
+@pytest.fixture(scope="module")
+def pendulum() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Real Pendulum transitions (random policy), split by episode into (train, val)."""
+    data = collect(get_task("pendulum"), None, 2000, num_envs=4, progress=False)
+    train, val = split_episodes(data, 0.25, seed=0)
+    return to_torch(train), to_torch(val)
+
+
+@pytest.fixture(scope="module")
+def trained(pendulum) -> dict[str, tuple[torch.nn.Module, dict[str, float]]]:
+    """Each small model trained briefly on the Pendulum data (shared by several tests)."""
+    train, val = pendulum
+    cfg = WorldModelTrainConfig(batch_size=64, learning_rate=3e-3, max_steps=150, eval_every=50, patience=100)
+    out = {}
+    for name in SMALL:
+        model = small_model(name)
+        out[name] = (model, train_world_model(model, train, val, cfg, progress=False))
+    return out
+
+
+def fixed_loss(model, data: dict[str, torch.Tensor], key: str = "dynamics_mse") -> float:
+    batch = WindowSampler(data, model.spec.history, model.spec.forecast, seed=1).sample(256)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return float(model.loss(batch)[key])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_loss_falls_on_real_pendulum_data(name, pendulum, tmp_path):
+    train, val = pendulum
+    model = small_model(name)
+    model.fit_normalizers(train)
+    before = fixed_loss(model, val)
+    cfg = WorldModelTrainConfig(batch_size=64, learning_rate=3e-3, max_steps=60, eval_every=20)
+    metrics = train_world_model(model, train, val, cfg, log_dir=str(tmp_path / "tb"), progress=False)
+    after = fixed_loss(model, val)
+    assert after < 0.5 * before, (before, after)
+    assert {"val_loss", "val_dynamics_nll", "val_dynamics_mse", "val_reward_mse", "val_termination_bce"} <= set(metrics)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_models_beat_zero_delta_baseline_open_loop(name, trained, pendulum):
+    _, val = pendulum
+    model, _ = trained[name]
+    horizon = 16
+    err = open_loop_error(model, val, history=4, horizon=horizon, num_windows=128, seed=0)
+    assert err.shape == (horizon,) and torch.isfinite(err).all()
+    base = open_loop_error(ZeroDelta(model), val, history=4, horizon=horizon, num_windows=128, seed=0)
+    assert err[0] < 0.2 * base[0]
+    assert err[-1] < 0.7 * base[-1], (err, base)
+
+
+class ZeroDelta(WorldModel):
+    """The trivial baseline: predicts no change (reports errors in ``model``'s normalizer units)."""
+
+    def __init__(self, model: WorldModel):
+        super().__init__()
+        self.spec, self.obs_normalizer = model.spec, model.obs_normalizer
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def initial(self, batch):
+        return {"obs": torch.zeros(batch, self.spec.obs_dim)}
+
+    def observe(self, carry, obs, prev_action, is_first):
+        return {"obs": obs}
+
+    def imagine(self, carry, action, *, sample=True):
+        return carry, Prediction(obs=carry["obs"], uncertainty=torch.zeros(action.shape[0]))
+
+
+def test_dual_autoregressive_training_beats_teacher_forcing(pendulum):
+    """RWM's claim: training on its own N = 8 step rollouts gives lower open-loop error at
+    long horizons than teacher-forced N = 1 (same steps, same data)."""
+    train, val = pendulum
+    cfg = WorldModelTrainConfig(batch_size=64, learning_rate=3e-3, max_steps=150, eval_every=50, patience=100)
+    errors = {}
+    for forecast in (8, 1):
+        spec = ModelSpec(3, 1, (-2.0,), (2.0,), history=4, forecast=forecast)
+        model = small_model("rwm_gru", spec)
+        train_world_model(model, train, val, cfg, progress=False)
+        errors[forecast] = open_loop_error(model, val, history=4, horizon=32, num_windows=128, seed=0)
+    assert errors[8][-1] < 0.8 * errors[1][-1], errors
+    assert errors[8][15] < 0.8 * errors[1][15], errors
+
+
+def _train_termination_head(balanced: bool) -> dict[str, float]:
+    """Fit TransitionHeads on synthetic transitions with ~0.2 % terminals; precision / recall."""
+    torch.manual_seed(0)
+    n, D = 20000, 3
+    obs, action = torch.randn(n, D), torch.rand(n, 1) * 2 - 1
+    next_obs = obs + 0.1 * torch.randn(n, D)
+    terminated = next_obs[:, 0] > 2.9
+    reward = -next_obs.pow(2).sum(-1)
+    heads = TransitionHeads(D, 1, reward=True, termination=True, hidden=64)
+    heads.fit(reward, terminated)
+    assert heads.pos_weight.item() == pytest.approx(float((~terminated).sum() / terminated.sum()), rel=1e-5)
+    if not balanced:
+        heads.pos_weight.fill_(1.0)
+    opt = torch.optim.Adam(heads.parameters(), lr=3e-3)
+    mask = torch.ones(n, dtype=torch.bool)
+    for _ in range(100):
+        idx = torch.randint(0, n, (512,))
+        losses = heads.loss(obs[idx], action[idx], next_obs[idx], reward[idx], terminated[idx], mask[idx])
+        opt.zero_grad()
+        losses["heads_loss"].backward()
+        opt.step()
+    with torch.no_grad():
+        _, logit = heads(obs, action, next_obs)
+    return termination_metrics(logit, terminated)
+
+
+def test_termination_head_class_balance_finds_rare_terminals():
+    balanced = _train_termination_head(balanced=True)
+    assert balanced["termination_recall"] > 0.8, balanced
+    assert balanced["termination_precision"] > 0.05, balanced  # not "always terminal" (0.002)
+    unbalanced = _train_termination_head(balanced=False)
+    assert unbalanced["termination_recall"] < 0.4, unbalanced
+
+
+def test_termination_head_without_positives_still_trains():
+    heads = TransitionHeads(3, 1)
+    heads.fit(torch.randn(100), torch.zeros(100, dtype=torch.bool))
+    assert heads.pos_weight.item() == 1.0
+    x = torch.randn(100, 3)
+    losses = heads.loss(x, torch.zeros(100, 1), x, torch.randn(100), torch.zeros(100, dtype=torch.bool), torch.ones(100, dtype=torch.bool))
+    assert torch.isfinite(losses["termination_bce"]) and losses["termination_bce"] > 0
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def rand_step(B: int, spec: ModelSpec = SPEC) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(B, spec.obs_dim), torch.rand(B, spec.action_dim) * 4 - 2
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_imagine_shapes_and_uncertainty(name):
+    model = small_model(name)
+    B = 7
+    obs, act = rand_step(B)
+    carry = model.observe(model.initial(B), obs, act, torch.ones(B, dtype=torch.bool))
+    for sample in (True, False):
+        new, pred = model.imagine(carry, act, sample=sample)
+        assert pred.obs.shape == (B, 3) and new["obs"].shape == (B, 3)
+        assert pred.reward.shape == (B,) and pred.termination_logit.shape == (B,)
+        assert pred.uncertainty.shape == (B,)
+        assert (pred.uncertainty > 0).all()  # ensembles disagree somewhere on every row
+        assert all(v.shape[0] == B for v in new.values())
+    # a seeded generator makes sampling reproducible
+    draws = [model.imagine(carry, act, generator=torch.Generator().manual_seed(3))[1].obs for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    # a single-member model has no disagreement: uncertainty is exactly zero
+    single = small_model("rwm_gru", ensemble=1) if name == "rwm_gru" else small_model(name, elites=1)
+    _, pred = single.imagine(single.initial(B), act)
+    assert (pred.uncertainty == 0).all()
+
+
+def test_gru_without_heads_predicts_no_reward():
+    model = small_model("rwm_gru", learn_reward=False, learn_termination=False)
+    _, pred = model.imagine(model.initial(2), torch.zeros(2, 1))
+    assert pred.reward is None and pred.termination_logit is None
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_observe_imagine_shape_errors_name_the_problem(name):
+    model = small_model(name)
+    B = 4
+    carry = model.initial(B)
+    obs, act = rand_step(B)
+    first = torch.ones(B, dtype=torch.bool)
+    with pytest.raises(ValueError, match="action must have shape"):
+        model.imagine(carry, torch.zeros(B, 2))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        model.imagine(carry, torch.zeros(B + 1, 1))
+    with pytest.raises(ValueError, match=r"obs must be a float tensor of shape \(4, 3\)"):
+        model.observe(carry, torch.zeros(B, 5), act, first)
+    with pytest.raises(ValueError, match="obs must be a float tensor"):
+        model.observe(carry, obs.long(), act, first)
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 3\)"):
+        model.imagine({**carry, "obs": torch.zeros(B, 2)}, act)
+    with pytest.raises(ValueError, match="is_first"):
+        model.observe(carry, obs, act, torch.ones(B))
+    with pytest.raises(ValueError, match="carry must hold"):
+        model.imagine({}, act)
+    with pytest.raises(ValueError, match="floating point"):
+        model.imagine(carry, torch.zeros(B, 1, dtype=torch.long))
+    if name == "rwm_gru":
+        with pytest.raises(ValueError, match=r"carry\['h'\]"):
+            model.imagine({"obs": obs, "h": torch.zeros(B, 1, 1)}, act)
+
+
+def test_gru_observe_semantics():
+    """observe after imagine reproduces imagine's latent; is_first clears the latent; the
+    fused observe_sequence equals the per-step loop."""
+    model = small_model("rwm_gru")
+    B, T = 5, 6
+    obs, act = torch.randn(B, T, 3), torch.rand(B, T, 1) * 4 - 2
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    with torch.no_grad():
+        fused = model.observe_sequence(model.initial(B), obs, act, first)
+        loop = model.initial(B)
+        for t in range(T):
+            loop = model.observe(loop, obs[:, t], act[:, t], first[:, t])
+        torch.testing.assert_close(fused["h"], loop["h"])
+        torch.testing.assert_close(fused["obs"], obs[:, -1])
+        imagined, _ = model.imagine(loop, act[:, 0])
+        observed = model.observe(loop, obs[:, 0], act[:, 0], torch.zeros(B, dtype=torch.bool))
+        torch.testing.assert_close(imagined["h"], observed["h"])
+        # a start in the middle: same latent as a sequence that begins there
+        first[:, 3] = True
+        mid = model.observe_sequence(model.initial(B), obs, act, first)
+        fresh = model.observe_sequence(model.initial(B), obs[:, 3:], act[:, 3:], first[:, 3:])
+        torch.testing.assert_close(mid["h"], fresh["h"])
+
+
+def test_gru_loss_ignores_padding(pendulum):
+    """Invalid (padded) window positions do not influence the loss."""
+    train, _ = pendulum
+    model = small_model("rwm_gru")
+    model.fit_normalizers(train)
+    sampler = WindowSampler(train, SPEC.history, SPEC.forecast)
+    ep_starts = torch.nonzero(train["step"] == 2).squeeze(1)  # 2 steps of history, 2 padded
+    batch = sampler.window(ep_starts)
+    assert not batch["valid"].all()
+    garbage = {k: v.clone() for k, v in batch.items() if k != "history"}
+    for k in ("obs", "action", "next_obs"):
+        garbage[k][~batch["valid"]] = 1e3
+    garbage["history"] = batch["history"]
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        a = model.loss(batch)
+        torch.manual_seed(0)
+        b = model.loss(garbage)
+    torch.testing.assert_close(a["loss"], b["loss"])
+
+
+def test_ensemble_select_elites(pendulum):
+    train, val = pendulum
+    model = small_model("mlp_ensemble")
+    model.fit_normalizers(train)
+    batch = WindowSampler(val, 0, 1).sample(128)
+    mse = model.select_elites(batch)
+    assert mse.shape == (4,)
+    assert set(model.elite_idx.tolist()) == set(torch.topk(mse, 3, largest=False).indices.tolist())
+
+
+def test_build_model_rejects_unknown_names_and_keys():
+    with pytest.raises(ValueError, match="unknown world model 'nope'"):
+        build_model("nope", SPEC)
+    with pytest.raises(ValueError, match=r"unknown config keys \['hiden'\]"):
+        build_model("rwm_gru", SPEC, hiden=3)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_checkpoint_round_trip(name, trained, tmp_path):
+    model, _ = trained[name]
+    start = {"obs": torch.randn(10, 3), "episode": torch.arange(10)}
+    save_checkpoint(model, tmp_path / "ckpt", extra={"task": "pendulum"}, tensors=start)
+    loaded, extra, tensors = load_checkpoint(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and loaded.config() == model.config() and loaded.spec == model.spec
+    assert extra == {"task": "pendulum"}
+    assert tensors.keys() == start.keys() and all(torch.equal(tensors[k], start[k]) for k in start)
+    B = 16
+    obs, act = rand_step(B)
+    with torch.no_grad():
+        outs = []
+        for m in (model, loaded):
+            carry = m.observe(m.initial(B), obs, act, torch.ones(B, dtype=torch.bool))
+            torch.manual_seed(0)
+            outs.append(m.imagine(carry, act, sample=True)[1])
+    for field in ("obs", "reward", "termination_logit", "uncertainty"):
+        assert torch.equal(getattr(outs[0], field), getattr(outs[1], field)), field
+
+
+def _corrupt_config(**changes):
+    def corrupt(ckpt: Path) -> None:
+        cfg = json.loads((ckpt / "config.json").read_text())
+        for key, value in changes.items():
+            section, _, sub = key.partition(".")
+            if sub:
+                cfg[section][sub] = value
+            else:
+                cfg[section] = value
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+
+    return corrupt
+
+
+def _truncate(ckpt: Path) -> None:
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _rewrite_weights(edit):
+    def corrupt(ckpt: Path) -> None:
+        state = safetensors.torch.load_file(ckpt / "model.safetensors")
+        edit(state)
+        safetensors.torch.save_file(state, ckpt / "model.safetensors")
+
+    return corrupt
+
+
+BAD_CHECKPOINTS = {
+    "missing_path": (lambda ckpt: None, "does not exist"),
+    "no_config": (lambda ckpt: (ckpt / "config.json").unlink(), "not a wam world-model checkpoint: config.json missing"),
+    "corrupt_json": (lambda ckpt: (ckpt / "config.json").write_text('{"format": '), "corrupt checkpoint config"),
+    "foreign_format": (_corrupt_config(format="wam.dataset"), "not a wam world-model checkpoint .format='wam.dataset'"),
+    "newer_version": (_corrupt_config(format_version=99), "format version 99.*upgrade wam"),
+    "unknown_class": (_corrupt_config(**{"class": "transformer"}), "unknown model class 'transformer'"),
+    "unknown_config_key": (_corrupt_config(**{"config.dropout": 0.1}), r"unknown config keys \['dropout'\]"),
+    "truncated_weights": (_truncate, "corrupt or truncated weights file"),
+    "garbage_weights": (lambda ckpt: (ckpt / "model.safetensors").write_bytes(b"\x00" * 64), "corrupt or truncated weights"),
+    "missing_weights": (lambda ckpt: (ckpt / "model.safetensors").unlink(), "model.safetensors missing"),
+    "missing_key": (_rewrite_weights(lambda s: s.pop("max_logstd")), r"missing keys \['max_logstd'\]"),
+    "unexpected_key": (_rewrite_weights(lambda s: s.update(extra=torch.zeros(1))), r"unexpected keys \['extra'\]"),
+    "wrong_shape": (_rewrite_weights(lambda s: s.update(max_logstd=torch.zeros(4))), "wrong shapes.*max_logstd"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_raises_and_leaves_files_untouched(case, tmp_path):
+    corrupt, message = BAD_CHECKPOINTS[case]
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(small_model("rwm_gru"), ckpt)
+    if case == "missing_path":
+        ckpt = tmp_path / "nowhere"
+    corrupt(ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.glob("*")} if ckpt.exists() else {}
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(ckpt)
+    assert str(ckpt) in str(info.value)
+    after = {p.name: p.read_bytes() for p in ckpt.glob("*")} if ckpt.exists() else {}
+    assert before == after
+
+
+def test_checkpoint_write_leaves_no_temp_files(tmp_path):
+    model = small_model("mlp_ensemble")
+    save_checkpoint(model, tmp_path / "c")
+    save_checkpoint(model, tmp_path / "c")  # overwrite in place
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors", "tensors.safetensors"]
+    with pytest.raises(ValueError, match="JSON-serializable"):
+        save_checkpoint(model, tmp_path / "d", extra={"x": object()})
+    assert not (tmp_path / "d").exists()
