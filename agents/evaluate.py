@@ -62,18 +62,19 @@ def rollout_real(policy: Policy | MLPPolicy, task: Task, seed: int, steps: int) 
     """One real episode from ``reset(seed=seed)``, at most ``steps`` steps.
 
     Returns ``obs`` (T + 1, D) float32 (the start and every next observation, the true final
-    one last), ``action`` (T, A) float32 (clipped to the box, as applied), ``reward`` (T,),
+    one last), ``actions`` (T, A) float32 (clipped to the box, as applied), ``rewards`` (T,),
     ``terminated`` / ``truncated`` (T,) bool.
     """
     act = _as_callable(policy)
     env = gym.make(task.env_id, max_episode_steps=task.max_episode_steps, **task.env_kwargs)
     low, high = env.action_space.low, env.action_space.high
     obs, _ = env.reset(seed=seed)
-    rows: dict[str, list] = {"obs": [np.asarray(obs, np.float32).ravel()], "action": [], "reward": [], "terminated": [], "truncated": []}
+    rows: dict[str, list] = {"obs": [np.asarray(obs, np.float32).ravel()]}
+    rows.update({k: [] for k in ("actions", "rewards", "terminated", "truncated")})
     for _ in range(steps):
         action = np.clip(np.asarray(act(rows["obs"][-1][None]), np.float32).reshape(low.shape), low, high)
         obs, reward, terminated, truncated, _ = env.step(action)
-        for k, v in (("obs", np.asarray(obs, np.float32).ravel()), ("action", action.ravel()), ("reward", reward),
+        for k, v in (("obs", np.asarray(obs, np.float32).ravel()), ("actions", action.ravel()), ("rewards", reward),
                      ("terminated", terminated), ("truncated", truncated)):
             rows[k].append(v)
         if terminated or truncated:
@@ -81,8 +82,8 @@ def rollout_real(policy: Policy | MLPPolicy, task: Task, seed: int, steps: int) 
     env.close()
     return {
         "obs": np.stack(rows["obs"]),
-        "action": np.stack(rows["action"]) if rows["action"] else np.zeros((0, *low.shape), np.float32),
-        "reward": np.asarray(rows["reward"], np.float64),
+        "actions": np.asarray(rows["actions"], np.float32).reshape(-1, *low.shape),
+        "rewards": np.asarray(rows["rewards"], np.float64),
         "terminated": np.asarray(rows["terminated"], bool),
         "truncated": np.asarray(rows["truncated"], bool),
     }

@@ -111,9 +111,13 @@ class MLPPolicy(nn.Module):
         try:
             low, high = [float(x) for x in action_low], [float(x) for x in action_high]
         except (TypeError, ValueError) as e:
-            raise ValueError(f"action_low / action_high must be lists of numbers, got {action_low!r} and {action_high!r}") from e
+            raise ValueError(
+                f"action_low / action_high must be lists of numbers, got {action_low!r} and {action_high!r}"
+            ) from e
         if len(low) != action_dim or len(high) != action_dim:
-            raise ValueError(f"action_low / action_high must have length action_dim={action_dim}, got {len(low)} and {len(high)}")
+            raise ValueError(
+                f"action_low / action_high must have length action_dim={action_dim}, got {len(low)} and {len(high)}"
+            )
         if not all(math.isfinite(x) for x in low + high) or any(lo > hi for lo, hi in zip(low, high)):
             raise ValueError(f"action bounds must be finite with low <= high, got {low} and {high}")
         for name, clip in (("obs_clip", obs_clip), ("mean_clip", mean_clip)):
@@ -161,7 +165,8 @@ class MLPPolicy(nn.Module):
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32)) if is_numpy else obs
         if x.shape[-1:] != (self.obs_dim,) or x.ndim not in (1, 2):
             raise ValueError(f"obs must have shape (N, {self.obs_dim}) or ({self.obs_dim},), got {tuple(x.shape)}")
-        out = self(x.to(self.action_low.device, torch.float32).reshape(-1, self.obs_dim)).reshape(*x.shape[:-1], self.action_dim)
+        out = self(x.to(self.action_low.device, torch.float32).reshape(-1, self.obs_dim))
+        out = out.reshape(*x.shape[:-1], self.action_dim)
         return out.cpu().numpy() if is_numpy else out.to(x.device)
 
     # ------------------------------------------------------------------ files
@@ -236,7 +241,8 @@ class MLPPolicy(nn.Module):
         for name, t in tensors.items():
             if t.shape != expected[name].shape:
                 raise PolicyFileError(
-                    f"{weights_path}: tensor {name!r} has shape {tuple(t.shape)}, {CONFIG_FILE} implies {tuple(expected[name].shape)}"
+                    f"{weights_path}: tensor {name!r} has shape {tuple(t.shape)}, "
+                    f"{CONFIG_FILE} implies {tuple(expected[name].shape)}"
                 )
             if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
                 raise PolicyFileError(f"{weights_path}: tensor {name!r} is not finite floating point")
@@ -331,8 +337,12 @@ class MLPPolicy(nn.Module):
         if type(actor) is not MLPModel:
             raise TypeError(f"from_rsl_rl supports a feed-forward rsl-rl MLPModel actor, got {type(actor).__name__}")
         dist = actor.distribution
-        if dist is not None and (not isinstance(dist, GaussianDistribution) or isinstance(dist, HeteroscedasticGaussianDistribution)):
-            raise TypeError(f"from_rsl_rl supports GaussianDistribution actors (mean = MLP output), got {type(dist).__name__}")
+        if dist is not None and (
+            not isinstance(dist, GaussianDistribution) or isinstance(dist, HeteroscedasticGaussianDistribution)
+        ):
+            raise TypeError(
+                f"from_rsl_rl supports GaussianDistribution actors (mean = MLP output), got {type(dist).__name__}"
+            )
         if action_low is None or action_high is None:
             space = getattr(getattr(runner_or_policy, "env", None), "single_action_space", None)
             if space is None:

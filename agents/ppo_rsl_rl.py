@@ -15,8 +15,14 @@ rsl-rl 5.x train config layout (what :meth:`RslRlPPOConfig.train_cfg` builds)::
      "logger": "tensorboard", "check_for_nan", "run_name"}
 
 The runner writes into the dict it is given (``multi_gpu``, resolved ``obs_groups``), so it
-gets a deep copy. Defaults reach a mean return above -250 on the real Pendulum-v1 quickly
-(see ``RslRlPPOConfig``).
+gets a deep copy.
+
+Defaults are tuned for Pendulum-like tasks with 64 envs (2048 transitions per iteration):
+gamma 0.95, 5 epochs x 8 minibatches, adaptive learning rate with desired KL 0.005 and an
+entropy bonus of 0.005 (with KL 0.01 and no entropy bonus the std and learning rate collapsed
+in one of three seeds). Measured on the real Pendulum-v1 through the same adapter (3 seeds, 1
+CPU thread): the deterministic policy's mean return over 20 episodes passes -250 after
+102k-143k steps (8-16 s) and hovers around -230 (-200 to -270) up to 150 iterations (26-34 s).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ class RslRlPPOConfig:
     ``num_learning_epochs`` epochs of ``num_mini_batches`` minibatches.
     """
 
-    max_iterations: int = 100
+    max_iterations: int = 150
     num_steps_per_env: int = 32
     learning_rate: float = 1e-3
     schedule: str = "adaptive"  # "adaptive" (KL-driven learning rate) or "fixed"
@@ -94,7 +100,11 @@ class RslRlPPOConfig:
                 "hidden_dims": list(self.actor_hidden_dims),
                 "activation": self.activation,
                 "obs_normalization": self.obs_normalization,
-                "distribution_cfg": {"class_name": "GaussianDistribution", "init_std": self.init_noise_std, "std_type": "scalar"},
+                "distribution_cfg": {
+                    "class_name": "GaussianDistribution",
+                    "init_std": self.init_noise_std,
+                    "std_type": "scalar",
+                },
             },
             "critic": {
                 "class_name": "MLPModel",

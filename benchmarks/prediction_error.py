@@ -7,7 +7,7 @@ predictions (warm-up on real history, then imagination with the real actions, me
 prediction) against held-out episodes, per horizon step, in the obs-normalizer's units.
 A zero-delta baseline (observation held constant) gives the scale.
 
-    python benchmarks/prediction_error.py --steps 800 --out benchmarks/results/prediction_error
+    python benchmarks/prediction_error.py --steps 800 --out runs/benchmarks/prediction_error
 
 writes ``prediction_error.json`` and ``prediction_error.png`` in ``--out``.
 """
@@ -132,7 +132,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=800, help="gradient steps per model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prediction_error"))
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/prediction_error"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -19,6 +19,11 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TerminationFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def never_terminates(next_obs: torch.Tensor) -> torch.Tensor:
+    """Termination of a task that only ends by time limit: all False, (B,) bool."""
+    return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+
+
 @dataclass(frozen=True)
 class Task:
     """Everything wam needs to know about a task.
@@ -28,7 +33,8 @@ class Task:
             task without a module.
         env_id: the Gymnasium id of the real env (``Pendulum-v1``).
         max_episode_steps: episode length (steps) of the real env, used for imagined envs.
-        reward_fn / termination_fn: analytic terms on observations, or None (learned heads).
+        reward_fn / termination_fn: analytic terms on observations, or None (learned heads);
+            a task that ends only by time limit says so with :func:`never_terminates`.
         env_kwargs: keyword arguments for ``gymnasium.make(env_id, ...)``.
         registered_name: CamelCase part of the ``wam/<Name>-v0`` / ``wam/<Name>-Imagined-v0`` ids,
             or None for tasks that are not registered under their own id.

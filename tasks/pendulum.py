@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Task
+from tasks.base import Task, never_terminates
 
 
 def pendulum_reward(obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,6 @@ TASK = Task(
     env_id="Pendulum-v1",
     max_episode_steps=200,
     reward_fn=pendulum_reward,
-    termination_fn=None,
+    termination_fn=never_terminates,
     registered_name="Pendulum",
 )

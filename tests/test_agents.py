@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +14,7 @@ from rsl_rl.runners import OnPolicyRunner
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_checker import _check_box_obs, _check_obs, _check_spaces, _check_unsupported_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecNormalize
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensordict import TensorDict
 
 from agents.evaluate import evaluate_policy, rollout_real
@@ -23,72 +24,60 @@ from agents.ppo_rsl_rl import train as train_rsl_rl
 from agents.ppo_sb3 import Sb3PPOConfig
 from agents.ppo_sb3 import train as train_sb3
 from tasks import get_task
-from tasks.collect import random_policy
+from tasks.collect import dataset_meta, random_policy
+from wam_env import ImaginedVecEnv
 from wam_env.rsl_rl import RslRlVecEnvAdapter
 from wam_env.sb3 import Sb3VecEnvAdapter
+from world_models import WorldModel, build_model
+from world_models.data import model_spec_from_data, to_torch
 
 PENDULUM = get_task("pendulum")
 
 
-class PendulumTorchVecEnv(gym.vector.VectorEnv):
-    """Stand-in for ImaginedVecEnv: batched Pendulum-v1 physics in torch, same contract."""
-
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-
-    def __init__(self, num_envs: int, max_episode_length: int = 200) -> None:
-        self.num_envs, self.device = num_envs, torch.device("cpu")
-        high = np.array([1.0, 1.0, 8.0], np.float32)
-        self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
-        self.single_action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self.max_episode_length = max_episode_length
-        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long)
-        self.state = torch.zeros(num_envs, 2)
-        self.gen = torch.Generator().manual_seed(0)
-
-    def _obs(self) -> torch.Tensor:
-        th, thdot = self.state.unbind(-1)
-        return torch.stack([th.cos(), th.sin(), thdot], -1)
-
-    def _start(self, n: int) -> torch.Tensor:
-        return (torch.rand(n, 2, generator=self.gen) * 2 - 1) * torch.tensor([math.pi, 1.0])
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[torch.Tensor, dict]:
-        if seed is not None:
-            self.gen.manual_seed(seed)
-        self.state = self._start(self.num_envs)
-        self.episode_length_buf.zero_()
-        return self._obs(), {}
-
-    def step(self, actions):
-        u = torch.as_tensor(actions, dtype=torch.float32).reshape(self.num_envs, 1)
-        if not bool(((u >= -2) & (u <= 2)).all()):
-            raise ValueError("action outside the action space")
-        obs = self._obs()
-        th, thdot = self.state.unbind(-1)
-        thdot = (thdot + (15.0 * th.sin() + 3.0 * u[:, 0]) * 0.05).clamp(-8, 8)
-        self.state = torch.stack([th + thdot * 0.05, thdot], -1)
-        next_obs = self._obs()
-        reward = PENDULUM.reward_fn(obs, u, next_obs)
-        self.episode_length_buf += 1
-        terminated = torch.zeros(self.num_envs, dtype=torch.bool)
-        truncated = self.episode_length_buf >= self.max_episode_length
-        info = {"model_diverged": torch.zeros(self.num_envs, dtype=torch.bool), "uncertainty": torch.rand(self.num_envs, generator=self.gen)}
-        if bool(truncated.any()):
-            info["final_obs"], info["_final_obs"] = next_obs.clone(), truncated.clone()
-            self.state[truncated] = self._start(int(truncated.sum()))
-            self.episode_length_buf[truncated] = 0
-            next_obs = self._obs()
-        return next_obs, reward, terminated, truncated, info
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny networks: one thread is faster and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def make_env(num_envs: int = 8, max_episode_length: int = 200) -> gym.vector.VectorEnv:
-    return PendulumTorchVecEnv(num_envs, max_episode_length)
+@pytest.fixture(scope="module")
+def world_model(pendulum_transitions) -> WorldModel:
+    """A small RWM GRU for real Pendulum data, untrained (dynamics do not matter here), without
+    reward / termination heads (the task reward scores it; Pendulum never terminates)."""
+    torch.manual_seed(0)
+    spec = model_spec_from_data(dataset_meta(PENDULUM), pendulum_transitions, history=4, forecast=2)
+    model = build_model(
+        "rwm_gru", spec, hidden=32, layers=1, head_hidden=32, ensemble=2, learn_reward=False, learn_termination=False
+    )
+    model.fit_normalizers(to_torch(pendulum_transitions))
+    return model
 
 
-def event_files(folder: Path) -> list[Path]:
-    return list(folder.rglob("events.out.tfevents.*"))
+@pytest.fixture
+def make_env(world_model, pendulum_transitions) -> Callable[..., ImaginedVecEnv]:
+    """``make_env(num_envs, max_episode_length)``: an imagined Pendulum env that never diverges
+    (so every episode lasts exactly ``max_episode_length`` steps)."""
+
+    def make(num_envs: int = 8, max_episode_length: int = 200) -> ImaginedVecEnv:
+        return ImaginedVecEnv(
+            num_envs, model=world_model, task="pendulum", start_data=pendulum_transitions,
+            max_episode_steps=max_episode_length, divergence_margin=1e6,
+        )
+
+    return make
+
+
+def scalar_tags(folder: Path) -> set[str]:
+    """The scalar tags of every TensorBoard event file under ``folder``."""
+    tags: set[str] = set()
+    for file in folder.rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(file))
+        events.Reload()
+        tags |= set(events.Tags()["scalars"])
+    return tags
 
 
 # ------------------------------------------------------------------ adapters
@@ -107,7 +96,7 @@ def record_steps(env: gym.vector.VectorEnv) -> list[tuple]:
     return raw
 
 
-def test_sb3_adapter_env_checks_and_true_terminal_observation():
+def test_sb3_adapter_env_checks_and_true_terminal_observation(make_env):
     env = make_env(num_envs=4, max_episode_length=5)
     venv = Sb3VecEnvAdapter(env)
     _check_spaces(venv)
@@ -147,7 +136,7 @@ def test_sb3_adapter_env_checks_and_true_terminal_observation():
         checked.step(np.zeros((4, 1), np.float32))
 
 
-def test_sb3_adapter_refuses_per_env_methods_and_wrong_envs():
+def test_sb3_adapter_refuses_per_env_methods_and_wrong_envs(make_env):
     venv = Sb3VecEnvAdapter(make_env(4))
     with pytest.raises(ValueError, match="indices=None"):
         venv.set_attr("max_episode_length", 10, indices=[0])
@@ -158,7 +147,7 @@ def test_sb3_adapter_refuses_per_env_methods_and_wrong_envs():
         Sb3VecEnvAdapter(next_step)
 
 
-def test_rsl_rl_adapter_time_outs_dones_and_shared_episode_length():
+def test_rsl_rl_adapter_time_outs_dones_and_shared_episode_length(make_env):
     env = make_env(num_envs=3, max_episode_length=4)
     adapter = RslRlVecEnvAdapter(env, seed=0)
     obs = adapter.get_observations()
@@ -179,42 +168,48 @@ def test_rsl_rl_adapter_time_outs_dones_and_shared_episode_length():
 # ------------------------------------------------------------------ training
 
 
-def test_sb3_ppo_trains_in_imagination_and_logs(tmp_path):
+def test_sb3_ppo_trains_in_imagination_and_logs(tmp_path, make_env):
     cfg = Sb3PPOConfig(total_timesteps=512, n_steps=32, batch_size=64, n_epochs=2)
     policy, curve = train_sb3(make_env(num_envs=8, max_episode_length=16), cfg, log_dir=str(tmp_path), progress=False)
     assert isinstance(policy, MLPPolicy) and policy.source == "sb3:PPO"
     assert len(curve["mean_return"]) == 2 and curve["timesteps"] == [256, 512]
-    assert event_files(tmp_path)
+    assert {"rollout/ep_rew_mean", "train/value_loss", "Imagination/uncertainty", "Imagination/diverged"} <= scalar_tags(tmp_path)
     assert policy.act(np.zeros((5, 3), np.float32)).shape == (5, 1)
 
 
-def test_unchanged_sb3_user_code_trains():
+def test_unchanged_sb3_user_code_trains(make_env):
     model = PPO("MlpPolicy", Sb3VecEnvAdapter(make_env(8, 16)), n_steps=16, batch_size=64, n_epochs=1, seed=0)
     model.learn(256)
     assert len(model.ep_info_buffer) > 0  # the adapter's "episode" infos feed rollout/ep_rew_mean
 
 
-def test_rsl_rl_ppo_trains_in_imagination_and_logs(tmp_path):
-    cfg = RslRlPPOConfig(max_iterations=3, num_steps_per_env=8, num_learning_epochs=1, num_mini_batches=2, save_interval=2)
+def test_rsl_rl_ppo_trains_in_imagination_and_logs(tmp_path, make_env):
+    cfg = RslRlPPOConfig(
+        max_iterations=3, num_steps_per_env=8, num_learning_epochs=1, num_mini_batches=2, save_interval=2
+    )
     env = make_env(num_envs=16, max_episode_length=8)
     policy, curve = train_rsl_rl(env, cfg, log_dir=str(tmp_path), progress=False)
     assert isinstance(policy, MLPPolicy) and policy.source == "rsl_rl:PPO" and policy.normalize
     assert curve["timesteps"] == [128, 256, 384] and len(curve["mean_return"]) == 3
-    assert event_files(tmp_path) and (tmp_path / "model_2.pt").is_file()
-    for _ in range(10):  # the env stays usable outside the runner's inference mode (autoresets included)
-        env.step(torch.zeros(16, 1))
+    assert {"Train/mean_reward", "Loss/value", "Imagination/uncertainty", "Imagination/diverged"} <= scalar_tags(tmp_path)
+    assert (tmp_path / "model_2.pt").is_file()
+    # the env's state is ordinary tensors after the runner's inference mode: partial resets still work
+    assert not any(v.is_inference() for v in env.carry.values())
+    env.reset(options={"reset_mask": torch.arange(16) < 4})
+    env.step(torch.zeros(16, 1))
 
 
 # ------------------------------------------------------------------ policy file
 
 
-def test_from_sb3_matches_deterministic_predict():
+def test_from_sb3_matches_deterministic_predict(make_env):
     obs = np.random.default_rng(0).uniform(-1, 1, (64, 3)).astype(np.float32) * np.float32([1, 1, 8])
     venv = Sb3VecEnvAdapter(make_env(4, 16))
     models = [
         PPO("MlpPolicy", venv, n_steps=16, batch_size=32, use_sde=True, seed=0),
         PPO("MlpPolicy", venv, n_steps=16, batch_size=32, use_sde=True, policy_kwargs={"squash_output": True}, seed=0),
-        PPO("MlpPolicy", venv, n_steps=16, batch_size=32, policy_kwargs={"net_arch": [32], "activation_fn": torch.nn.ReLU}, seed=0),
+        PPO("MlpPolicy", venv, n_steps=16, batch_size=32, seed=0,
+            policy_kwargs={"net_arch": [32], "activation_fn": torch.nn.ReLU}),
         SAC("MlpPolicy", venv, learning_starts=0, batch_size=32, use_sde=True, seed=0),
         SAC("MlpPolicy", venv, learning_starts=0, batch_size=32, policy_kwargs={"net_arch": [32, 32]}, seed=0),
     ]
@@ -232,7 +227,7 @@ def test_from_sb3_matches_deterministic_predict():
     np.testing.assert_allclose(policy.act(obs), expected, rtol=0, atol=1e-5)
 
 
-def test_from_rsl_rl_matches_actor_with_normalizer():
+def test_from_rsl_rl_matches_actor_with_normalizer(make_env):
     cfg = RslRlPPOConfig(num_steps_per_env=8, num_learning_epochs=1, num_mini_batches=2, obs_normalization=True)
     adapter = RslRlVecEnvAdapter(make_env(16, 8), seed=0)
     runner = OnPolicyRunner(adapter, cfg.train_cfg(), None, "cpu")
@@ -361,7 +356,7 @@ def test_evaluate_seeds_episodes_independently_of_num_envs():
 def test_rollout_real_shapes():
     policy = MLPPolicy(3, 1, [-2.0], [2.0], hidden=(8,))
     out = rollout_real(policy, PENDULUM, seed=0, steps=50)
-    assert out["obs"].shape == (51, 3) and out["action"].shape == (50, 1) and out["reward"].shape == (50,)
+    assert out["obs"].shape == (51, 3) and out["actions"].shape == (50, 1) and out["rewards"].shape == (50,)
     full = rollout_real(policy.act, PENDULUM, seed=0, steps=500)
     assert full["obs"].shape == (201, 3) and full["truncated"][-1]
     np.testing.assert_array_equal(full["obs"][:51], out["obs"])

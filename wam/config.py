@@ -41,14 +41,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Recursively merge ``update`` into a copy of ``base``; keys of ``update`` must exist in
-    ``base`` (``where`` prefixes error messages). Mappings whose base value is ``None`` or
-    ``{}`` accept any keys (free-form sections such as ``model.params``)."""
+    ``base`` (``where`` is the dotted path of ``base``, for error messages), except inside a
+    free-form ``params`` section."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         path = f"{where}{key}"
-        if key not in out:
+        if key not in out and not _free_form(where):
             raise ConfigError(f"unknown config key {path!r}; valid keys here: {sorted(out)}")
-        if isinstance(out[key], dict) and out[key] and isinstance(value, dict):
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
             out[key] = merge(out[key], value, f"{path}.")
         else:
             out[key] = copy.deepcopy(value)
@@ -65,20 +65,15 @@ def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
             else:
                 raise ConfigError(f"unknown config key {'.'.join(keys[: i + 1])!r}; valid keys here: {sorted(node)}")
         node = node[key]
-    if keys[-1] not in node and node is not cfg and _is_free_form(cfg, keys[:-1]):
-        node[keys[-1]] = value
-        return
-    if keys[-1] not in node:
+    if keys[-1] not in node and not _free_form(".".join(keys[:-1])):
         raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {sorted(node)}")
     node[keys[-1]] = value
 
 
-FREE_FORM = {("model", "params"), ("agent", "params")}
-
-
-def _is_free_form(cfg: dict[str, Any], keys: list[str]) -> bool:
-    """Free-form sections take any key here; the dataclass that reads them rejects unknown ones."""
-    return tuple(keys) in FREE_FORM
+def _free_form(path: str) -> bool:
+    """``model.params`` / ``agent.params`` take any key here: the class that reads them
+    (model constructor, agent config dataclass) rejects unknown ones with their names."""
+    return path.rstrip(".") in ("model.params", "agent.params")
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:

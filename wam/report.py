@@ -50,19 +50,21 @@ def plot_error_vs_horizon(errors: dict[str, np.ndarray], out: Path) -> Path:
 
 
 def plot_learning_curve(rounds: list[dict[str, Any]], out: Path) -> Path:
-    """Imagined return per PPO iteration (each round) and the real return after each round."""
+    """Imagined episode return vs imagined env steps (each round's PPO run, end to end) and the
+    real return after each round."""
     fig, ax = plt.subplots(figsize=(7, 4))
     offset = 0
     for r in rounds:
         curve = r["curve"]
-        x = offset + np.asarray(curve["iteration"])
-        ax.plot(x, curve["imagined_return"], color="tab:blue", lw=1.2, label="imagined return (PPO in the world model)" if r["round"] == 0 else None)
-        offset = x[-1] + 1 if len(x) else offset
-        ax.errorbar([offset - 1], [r["real_mean_return"]], yerr=[r["real_std_return"]], fmt="o", color="tab:red",
-                    label="real return (Pendulum-v1, 20 episodes)" if r["round"] == 0 else None)
-    ax.set_xlabel("PPO iteration")
+        x = offset + np.asarray(curve["timesteps"], dtype=float)
+        ax.plot(x, curve["mean_return"], color="tab:blue", lw=1.2,
+                label="imagined return (PPO inside the world model)" if r["round"] == 0 else None)
+        offset = x[-1] if len(x) else offset
+        ax.errorbar([offset], [r["real_mean_return"]], yerr=[r["real_std_return"]], fmt="o", color="tab:red",
+                    label="real return of the policy (real env)" if r["round"] == 0 else None)
+    ax.set_xlabel("imagined env steps")
     ax.set_ylabel("episode return")
-    ax.set_title("Policy trained in imagination")
+    ax.set_title("Policy trained only in imagination")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

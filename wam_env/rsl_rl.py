@@ -55,7 +55,8 @@ class RslRlVecEnvAdapter(VecEnv):
 
     def __init__(self, env: gym.vector.VectorEnv, clip_actions: bool = True, seed: int | None = None) -> None:
         if env.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
-            raise ValueError(f"RslRlVecEnvAdapter needs a SAME_STEP autoreset env, got {env.metadata.get('autoreset_mode')}")
+            mode = env.metadata.get("autoreset_mode")
+            raise ValueError(f"RslRlVecEnvAdapter needs a SAME_STEP autoreset env (true final obs in info), got {mode}")
         for name, space in (("observation", env.single_observation_space), ("action", env.single_action_space)):
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise TypeError(f"RslRlVecEnvAdapter needs a flat Box {name} space, got {space}")

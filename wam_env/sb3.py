@@ -40,7 +40,8 @@ class Sb3VecEnvAdapter(VecEnv):
 
     def __init__(self, env: gym.vector.VectorEnv) -> None:
         if env.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
-            raise ValueError(f"Sb3VecEnvAdapter needs a SAME_STEP autoreset env, got {env.metadata.get('autoreset_mode')}")
+            mode = env.metadata.get("autoreset_mode")
+            raise ValueError(f"Sb3VecEnvAdapter needs a SAME_STEP autoreset env (true final obs in info), got {mode}")
         for name, space in (("observation", env.single_observation_space), ("action", env.single_action_space)):
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise TypeError(f"Sb3VecEnvAdapter needs a flat Box {name} space, got {space}")
@@ -113,7 +114,9 @@ class Sb3VecEnvAdapter(VecEnv):
         self._require_all(indices, "set_attr")
         setattr(self.env, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         """Call a method of the batched env once; its result is returned for every env."""
         self._require_all(indices, "env_method")
         result = getattr(self.env, method_name)(*method_args, **method_kwargs)

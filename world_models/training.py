@@ -35,7 +35,7 @@ class WorldModelTrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    max_steps: int = 800
+    max_steps: int = 600
     eval_every: int = 50
     patience: int = 10
     val_windows: int = 1024
