@@ -1,7 +1,8 @@
 """Dual-autoregressive GRU world model (Robotic World Model, arXiv 2501.10100).
 
-A GRU base reads ``[norm(obs_t), action_t scaled to [-1, 1]]``; an ensemble of E Gaussian
-heads on its hidden state predicts the *normalized delta* ``norm_delta(obs_{t+1} - obs_t)``.
+A GRU base reads ``x_t = [norm(obs_t), action_t scaled to [-1, 1]]``; an ensemble of E
+Gaussian heads on ``[GRU output, x_t]`` (the skip connection lets the heads read the current
+state exactly, the GRU supplies the history context) predicts the *normalized delta* ``norm_delta(obs_{t+1} - obs_t)``.
 Training is dual-autoregressive: the GRU is teacher-forced over M history steps, then
 rolls out N forecast steps on its own reparameterized samples, and the loss sums the
 Gaussian NLL over the forecast (N = 1 is the teacher-forced baseline).
@@ -64,8 +65,8 @@ class DualAutoregressiveGRU(WorldModel):
         self.obs_normalizer = Normalizer(D)
         self.delta_normalizer = Normalizer(D)
         self.gru = nn.GRU(D + A, hidden, layers, batch_first=True)
-        # E heads: the first layer reads the shared h, so all members are one wide matmul
-        self.head_in = nn.Linear(hidden, ensemble * head_hidden)
+        # E heads: the first layer reads [shared GRU output, x_t], so all members are one wide matmul
+        self.head_in = nn.Linear(hidden + D + A, ensemble * head_hidden)
         self.head_out = EnsembleLinear(ensemble, head_hidden, 2 * D)
         self.max_logstd = nn.Parameter(torch.full((D,), 0.5))
         self.min_logstd = nn.Parameter(torch.full((D,), -5.0))
@@ -86,7 +87,7 @@ class DualAutoregressiveGRU(WorldModel):
         reward / termination heads. Elementwise work (gates, activations) not counted."""
         D, A, H = self.spec.obs_dim, self.spec.action_dim, self.hidden
         macs = sum(3 * H * ((D + A if layer == 0 else H) + H) for layer in range(self.layers))
-        macs += H * self.ensemble * self.head_hidden + self.ensemble * self.head_hidden * 2 * D
+        macs += (H + D + A) * self.ensemble * self.head_hidden + self.ensemble * self.head_hidden * 2 * D
         if self.heads.net is not None:
             macs += sum(lin.weight.numel() for lin in self.heads.net.layers)
         return 2 * macs
@@ -102,7 +103,7 @@ class DualAutoregressiveGRU(WorldModel):
         return torch.cat([self.obs_normalizer.normalize(obs), self._scale(action)], dim=-1)
 
     def _predict(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GRU output feat (B, H) -> every member's (mean, raw log-std), each (E, B, D) in
+        """Head input feat (B, H + D + A) = [GRU output, x_t] -> every member's (mean, raw log-std), each (E, B, D) in
         normalized delta units (log-std not yet clamped).
 
         Computed batch-last, (E * head_hidden, B) then (E, 2D, B), so that both matmuls read
@@ -180,8 +181,9 @@ class DualAutoregressiveGRU(WorldModel):
         self, carry: Carry, action: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
     ) -> tuple[Carry, Prediction]:
         obs, h = self._check(carry, action, "action")
-        out, h = self.gru(self._inputs(obs, action).unsqueeze(1), h)
-        mean, raw_logstd = self._predict(out.squeeze(1))
+        x = self._inputs(obs, action)
+        out, h = self.gru(x.unsqueeze(1), h)
+        mean, raw_logstd = self._predict(torch.cat([out.squeeze(1), x], dim=-1))
         if sample:
             rows = torch.arange(obs.shape[0], device=obs.device)
             member = torch.randint(self.ensemble, (obs.shape[0],), device=obs.device, generator=generator)
@@ -213,17 +215,31 @@ class DualAutoregressiveGRU(WorldModel):
         Gaussian NLL + MSE of the next obs (normalized delta units, mean over D) is averaged
         over members and valid rows; the loss sums the steps, adds PETS' penalty on the
         learned log-std bounds, and the reward / termination head losses (trained on the real
-        transitions of the valid forecast positions).
+        transitions of the valid forecast positions). The history positions add a teacher-forced
+        one-step NLL + MSE term (mean over valid positions): it is nearly free (the GRU runs
+        there anyway) and trains predictions from short histories, down to a fresh h = 0 start,
+        which is how imagined episodes that start at a real episode's first step begin.
         """
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         valid, is_first, M = batch["valid"], batch["is_first"], int(batch["history"])
         B, L, _ = obs.shape
         x = self._inputs(obs, action)
         h = obs.new_zeros(self.layers, B, self.hidden)
+        history_out = []
         for t in range(M):
             h = torch.where(is_first[None, :, t, None], 0.0, h)
             _, h_next = self.gru(x[:, t : t + 1], h)
+            history_out.append(h_next[-1])
             h = torch.where(valid[None, :, t, None], h_next, h)
+        if M > 0:  # teacher-forced one-step loss on the history too (covers fresh, h = 0 starts)
+            mean, raw_logstd = self._predict(torch.cat([torch.stack(history_out, 1), x[:, :M]], dim=-1).flatten(0, 1))
+            target = self.delta_normalizer.normalize(next_obs[:, :M] - obs[:, :M]).flatten(0, 1)
+            err2 = (mean - target) ** 2
+            logstd = self._logstd(raw_logstd)
+            nll = (0.5 * err2 * torch.exp(-2 * logstd) + logstd).mean(-1).mean(0)
+            history_loss = masked_mean(nll + err2.mean(-1).mean(0), valid[:, :M].flatten())
+        else:
+            history_loss = obs.new_zeros(())
         rows = torch.arange(B, device=obs.device)
         cur = obs[:, M]
         nll_sum = mse_sum = obs.new_zeros(())
@@ -231,7 +247,7 @@ class DualAutoregressiveGRU(WorldModel):
             h = torch.where(is_first[None, :, t, None], 0.0, h)
             inp = x[:, t] if t == M else self._inputs(cur, action[:, t])
             out, h = self.gru(inp.unsqueeze(1), h)
-            mean, raw_logstd = self._predict(out.squeeze(1))
+            mean, raw_logstd = self._predict(torch.cat([out.squeeze(1), inp], dim=-1))
             logstd = self._logstd(raw_logstd)
             target = self.delta_normalizer.normalize(next_obs[:, t] - cur)  # (B, D)
             err2 = (mean - target) ** 2  # (E, B, D)
@@ -255,5 +271,5 @@ class DualAutoregressiveGRU(WorldModel):
             valid[:, fc].flatten(),
         )
         bound_penalty = 0.01 * (self.max_logstd.sum() - self.min_logstd.sum())
-        loss = nll_sum + mse_sum + bound_penalty + heads.pop("heads_loss")
-        return {"loss": loss, "dynamics_nll": nll_sum / n, "dynamics_mse": mse_sum / n, **heads}
+        loss = nll_sum + mse_sum + history_loss + bound_penalty + heads.pop("heads_loss")
+        return {"loss": loss, "dynamics_nll": nll_sum / n, "dynamics_mse": mse_sum / n, "history_loss": history_loss, **heads}
