@@ -17,7 +17,10 @@ import sys
 
 import yaml
 
+from agents.policy import PolicyFileError
 from wam.config import ConfigError, load_config
+from world_models.checkpoint import CheckpointError
+from world_models.data import DatasetError
 
 COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "demo", "config")
 
@@ -67,5 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(cfg)
     except ConfigError as e:
         print(f"wam {ns.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError, PolicyFileError) as e:
+        print(f"wam {ns.command}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -158,16 +158,18 @@ class Imagination:
 
     @torch.no_grad()
     def step(self, carry: Carry, action: torch.Tensor) -> tuple[Carry, dict[str, torch.Tensor]]:
-        """One imagined step for every env. Returns the new carry and ``obs`` (B, D) (finite:
-        a diverged prediction is replaced by the last valid obs), ``reward`` (B,),
+        """One imagined step for every env. Returns the new carry and ``obs`` (B, D) (a
+        diverged prediction is replaced by the last valid obs), ``reward`` (B,),
         ``terminated`` (B,), ``diverged`` (B,), ``uncertainty`` (B,)."""
         obs = carry["obs"]
         new_carry, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator)
         next_obs = pred.obs
-        finite = torch.isfinite(next_obs).all(-1)
-        diverged = ~finite
+        diverged = ~torch.isfinite(next_obs).all(-1)
         if self.obs_bound_low is not None:
             diverged |= ((next_obs < self.obs_bound_low) | (next_obs > self.obs_bound_high)).any(-1)
+        if bool(diverged.any()):  # the episode ends at the last valid observation
+            next_obs = torch.where(diverged[:, None], obs, next_obs)
+            new_carry["obs"] = next_obs
         if self.reward_mode == "task":
             reward = self.task.reward_fn(obs, action, next_obs)
         else:
@@ -178,9 +180,6 @@ class Imagination:
             terminated = torch.sigmoid(pred.termination_logit) > self.termination_threshold
         else:
             terminated = torch.zeros_like(diverged)
-        if not bool(finite.all()):
-            next_obs = torch.where(finite[:, None], next_obs, obs)
-            new_carry["obs"] = next_obs
         reward = torch.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
         return new_carry, {
             "obs": next_obs,

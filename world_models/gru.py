@@ -35,6 +35,8 @@ class DualAutoregressiveGRU(WorldModel):
         head_hidden: hidden width of each ensemble head (one ELU layer).
         ensemble: E heads on the shared base (epistemic uncertainty = their disagreement).
         learn_reward / learn_termination: train :class:`TransitionHeads` for them.
+        history_weight: weight of the teacher-forced one-step loss on the M history positions
+            (0: forecast loss only, as the paper).
     """
 
     act_mid: torch.Tensor
@@ -49,6 +51,7 @@ class DualAutoregressiveGRU(WorldModel):
         ensemble: int = 5,
         learn_reward: bool = True,
         learn_termination: bool = True,
+        history_weight: float = 0.0,
     ):
         super().__init__()
         if min(hidden, layers, head_hidden, ensemble) < 1:
@@ -57,6 +60,7 @@ class DualAutoregressiveGRU(WorldModel):
             )
         self.spec = spec
         self.hidden, self.layers, self.head_hidden, self.ensemble = hidden, layers, head_hidden, ensemble
+        self.history_weight = history_weight
         self.has_reward_head, self.has_termination_head = learn_reward, learn_termination
         D, A = spec.obs_dim, spec.action_dim
         low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
@@ -80,6 +84,7 @@ class DualAutoregressiveGRU(WorldModel):
             "ensemble": self.ensemble,
             "learn_reward": self.has_reward_head,
             "learn_termination": self.has_termination_head,
+            "history_weight": self.history_weight,
         }
 
     def flops_per_step(self) -> int:
@@ -215,10 +220,9 @@ class DualAutoregressiveGRU(WorldModel):
         Gaussian NLL + MSE of the next obs (normalized delta units, mean over D) is averaged
         over members and valid rows; the loss sums the steps, adds PETS' penalty on the
         learned log-std bounds, and the reward / termination head losses (trained on the real
-        transitions of the valid forecast positions). The history positions add a teacher-forced
-        one-step NLL + MSE term (mean over valid positions): it is nearly free (the GRU runs
-        there anyway) and trains predictions from short histories, down to a fresh h = 0 start,
-        which is how imagined episodes that start at a real episode's first step begin.
+        transitions of the valid forecast positions). With ``history_weight`` > 0 the history
+        positions add a teacher-forced one-step NLL + MSE term (mean over valid positions),
+        times that weight (0 by default: the paper's loss covers the forecast only).
         """
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         valid, is_first, M = batch["valid"], batch["is_first"], int(batch["history"])
@@ -231,7 +235,7 @@ class DualAutoregressiveGRU(WorldModel):
             _, h_next = self.gru(x[:, t : t + 1], h)
             history_out.append(h_next[-1])
             h = torch.where(valid[None, :, t, None], h_next, h)
-        if M > 0:  # teacher-forced one-step loss on the history too (covers fresh, h = 0 starts)
+        if M > 0 and self.history_weight > 0:  # teacher-forced one-step loss on the history
             mean, raw_logstd = self._predict(torch.cat([torch.stack(history_out, 1), x[:, :M]], dim=-1).flatten(0, 1))
             target = self.delta_normalizer.normalize(next_obs[:, :M] - obs[:, :M]).flatten(0, 1)
             err2 = (mean - target) ** 2
@@ -271,5 +275,5 @@ class DualAutoregressiveGRU(WorldModel):
             valid[:, fc].flatten(),
         )
         bound_penalty = 0.01 * (self.max_logstd.sum() - self.min_logstd.sum())
-        loss = nll_sum + mse_sum + history_loss + bound_penalty + heads.pop("heads_loss")
+        loss = nll_sum + mse_sum + self.history_weight * history_loss + bound_penalty + heads.pop("heads_loss")
         return {"loss": loss, "dynamics_nll": nll_sum / n, "dynamics_mse": mse_sum / n, "history_loss": history_loss, **heads}
