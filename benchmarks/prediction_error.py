@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks import get_task  # noqa: E402
-from tasks.collect import collect  # noqa: E402
-from world_models import ModelSpec, Prediction, WorldModel, WorldModelTrainConfig, build_model  # noqa: E402
-from world_models import open_loop_error, train_world_model  # noqa: E402
-from world_models.data import split_episodes, to_torch  # noqa: E402
+from tasks import get_task
+from tasks.collect import collect
+from world_models import ModelSpec, Prediction, WorldModel, WorldModelTrainConfig, build_model
+from world_models import open_loop_error, train_world_model
+from world_models.data import split_episodes, to_torch
 
 TABLE_HORIZONS = (1, 2, 4, 8, 16, 32, 64)
 

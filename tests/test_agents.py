@@ -154,7 +154,7 @@ def test_rsl_rl_adapter_time_outs_dones_and_shared_episode_length(make_env):
     assert obs.batch_size == torch.Size([3]) and obs["policy"].shape == (3, 3)
     assert adapter.num_actions == 1 and adapter.max_episode_length == 4
     assert adapter.episode_length_buf is env.episode_length_buf
-    for t in range(4):
+    for _t in range(4):
         obs, rewards, dones, extras = adapter.step(torch.full((3, 1), 5.0))  # out of the box: clipped
         assert rewards.shape == (3,) and dones.dtype == torch.long
         assert extras["time_outs"].dtype == torch.bool

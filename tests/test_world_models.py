@@ -399,3 +399,20 @@ def test_checkpoint_write_leaves_no_temp_files(tmp_path):
     with pytest.raises(ValueError, match="JSON-serializable"):
         save_checkpoint(model, tmp_path / "d", extra={"x": object()})
     assert not (tmp_path / "d").exists()
+
+
+def test_gru_history_weight_adds_a_teacher_forced_history_term(pendulum):
+    """history_weight > 0 trains the history positions too; 0 (the paper's loss) leaves them out."""
+    train, _ = pendulum
+    batch = WindowSampler(train, SPEC.history, SPEC.forecast, seed=0).sample(32)
+    losses = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = small_model("rwm_gru", history_weight=weight)
+        model.fit_normalizers(train)
+        torch.manual_seed(1)
+        losses[weight] = model.loss(batch)
+    assert "history_loss" not in losses[0.0]
+    h = losses[1.0]["history_loss"]
+    assert torch.isfinite(h) and h.requires_grad
+    torch.testing.assert_close(losses[1.0]["loss"], losses[0.0]["loss"] + h)

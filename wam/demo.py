@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.evaluate import evaluate_policy, rollout_real
@@ -27,7 +26,7 @@ from tasks.collect import make_real_vec_env, random_policy, with_noise
 from wam import loop
 from wam.config import load_config
 from wam.report import plot_error_vs_horizon, plot_learning_curve, plot_trajectories, write_report
-from world_models.data import TransitionStore, split_episodes, to_torch
+from world_models.data import split_episodes, to_torch
 from world_models.training import open_loop_error, open_loop_rollout
 
 

@@ -22,7 +22,7 @@ from tasks import Task, get_task
 from tasks.collect import collect, dataset_meta, make_real_vec_env, random_policy, with_noise
 from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedVecEnv
-from world_models import build_model, load_checkpoint, save_checkpoint
+from world_models import build_model, save_checkpoint
 from world_models.data import TransitionStore, model_spec_from_data, split_episodes, to_torch
 from world_models.training import WorldModelTrainConfig, train_world_model
 

@@ -276,4 +276,7 @@ class DualAutoregressiveGRU(WorldModel):
         )
         bound_penalty = 0.01 * (self.max_logstd.sum() - self.min_logstd.sum())
         loss = nll_sum + mse_sum + self.history_weight * history_loss + bound_penalty + heads.pop("heads_loss")
-        return {"loss": loss, "dynamics_nll": nll_sum / n, "dynamics_mse": mse_sum / n, "history_loss": history_loss, **heads}
+        out = {"loss": loss, "dynamics_nll": nll_sum / n, "dynamics_mse": mse_sum / n, **heads}
+        if self.history_weight > 0:
+            out["history_loss"] = history_loss
+        return out
