@@ -94,15 +94,22 @@ def run_demo(cfg: dict[str, Any]) -> dict[str, Any]:
         "MLP ensemble": open_loop_error(ensemble, val_t, history, horizon, num_windows=256, seed=0).cpu().numpy(),
     }
 
-    # Imagined vs real from the same start and actions, under the trained policy.
-    real_ep = rollout_real(policy.act, task, seed=int(cfg["seed"]) + 20_000, steps=task.max_episode_steps)
+    # Imagined vs real from the same start and actions: a real episode of the trained policy
+    # with the collection noise (so the dynamics are excited), the model warmed up on its
+    # first M real steps, then open loop (no correction) for the error plot's horizon.
+    noisy = with_noise(policy.act, space, float(d["noise"]), seed=int(cfg["seed"]) + 20_000)
+    real_ep = rollout_real(noisy, task, seed=int(cfg["seed"]) + 20_000, steps=task.max_episode_steps)
     obs = torch.as_tensor(real_ep["obs"], dtype=torch.float32, device=cfg["device"])
     act = torch.as_tensor(real_ep["actions"], dtype=torch.float32, device=cfg["device"])
+    m = min(history, len(act) - 1)
+    h = min(horizon, len(act) - m)
+    prev_act = torch.cat([torch.zeros_like(act[:1]), act[:m]])
     with torch.no_grad():
-        imagined = open_loop_rollout(model, obs[None, :1], torch.zeros_like(act[None, :1]), act[None])[0].cpu().numpy()
+        imagined = open_loop_rollout(model, obs[None, : m + 1], prev_act[None], act[None, m : m + h])[0].cpu().numpy()
+    real_window = real_ep["obs"][m + 1 : m + 1 + h]
 
     plots = {
-        "trajectories": plot_trajectories(real_ep["obs"][1:], imagined, run_dir / "imagined_vs_real.png", task.name),
+        "trajectories": plot_trajectories(real_window, imagined, run_dir / "imagined_vs_real.png", f"{task.name} (after {m} real steps of warm-up)"),
         "error": plot_error_vs_horizon(errors, run_dir / "error_vs_horizon.png"),
         "curve": plot_learning_curve(rounds, run_dir / "learning_curve.png"),
     }

@@ -23,7 +23,7 @@ def plot_trajectories(real: np.ndarray, imagined: np.ndarray, out: Path, title: 
         ax.set_ylabel(f"obs[{i}]")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper right", fontsize=8)
-    axes[0, 0].set_title(f"{title}: imagined vs real, same start state and actions")
+    axes[0, 0].set_title(f"{title}: imagined vs real, same start and actions", fontsize=10)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
