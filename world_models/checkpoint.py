@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
+from safetensors.torch import load as safetensors_load, save as safetensors_save
 import torch
 
 import world_models
 from world_models.base import ModelSpec, WorldModel
-from world_models.data import _atomic_write_bytes, atomic_write_json
+from world_models.data import atomic_write_bytes, atomic_write_json
 
 FORMAT = "wam.world_model"
 FORMAT_VERSION = 1
@@ -67,8 +67,8 @@ def save_checkpoint(
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     extra_tensors = {k: v.detach().cpu().contiguous() for k, v in (tensors or {}).items()}
     for name, data in (("model.safetensors", weights), ("tensors.safetensors", extra_tensors)):
-        blob = safetensors.torch.save(data)
-        _atomic_write_bytes(path / name, lambda f, blob=blob: f.write(blob))
+        blob = safetensors_save(data)
+        atomic_write_bytes(path / name, lambda f, blob=blob: f.write(blob))
     atomic_write_json(path / "config.json", config)
     return path
 
@@ -77,7 +77,7 @@ def _read_safetensors(file: Path, what: str) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file.parent} is incomplete: {what} file {file.name} missing")
     try:
-        return safetensors.torch.load(file.read_bytes())
+        return safetensors_load(file.read_bytes())
     except Exception as e:  # safetensors raises its own SafetensorError (an Exception)
         raise CheckpointError(f"corrupt or truncated {what} file {file}: {e}") from e
 

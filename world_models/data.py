@@ -45,7 +45,7 @@ class DatasetError(ValueError):
     """A dataset folder is missing, foreign, corrupt, or does not match what is appended."""
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -62,7 +62,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
-    _atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 class TransitionStore:
@@ -157,7 +157,7 @@ class TransitionStore:
         first_id = int(self.meta["num_episodes"])
         arrays["episode"] = (local_ids + first_id).astype(np.int64)
         name = f"chunk_{len(self.meta['chunks']):05d}.npz"
-        _atomic_write_bytes(self.path / name, lambda f: np.savez(f, **arrays))
+        atomic_write_bytes(self.path / name, lambda f: np.savez(f, **arrays))
         meta = dict(self.meta)
         meta["chunks"] = [*self.meta["chunks"], name]
         meta["num_transitions"] = int(self.meta["num_transitions"]) + n
