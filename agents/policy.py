@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
 from torch import nn
+
+from world_models.data import atomic_write_bytes, atomic_write_json
 
 FORMAT = "wam.policy"
 FORMAT_VERSION = 1
@@ -195,12 +197,9 @@ class MLPPolicy(nn.Module):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, folder / WEIGHTS_FILE)
-        tmp = folder / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(self.config(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / CONFIG_FILE)
+        blob = safetensors_save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        atomic_write_bytes(folder / WEIGHTS_FILE, lambda f: f.write(blob))
+        atomic_write_json(folder / CONFIG_FILE, self.config())
         return folder
 
     @classmethod
