@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.base import Carry, ModelSpec, Prediction, WorldModel, check_batch_shapes
-from world_models.heads import EnsembleLinear, TransitionHeads, masked_mean, member_std, soft_clamp
-from world_models.normalizer import Normalizer
+from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
+from world_models.heads import EnsembleLinear, masked_mean, member_std, soft_clamp
+from world_models.state_delta import StateDeltaModel
 
 
-class DualAutoregressiveGRU(WorldModel):
+class DualAutoregressiveGRU(StateDeltaModel):
     """RWM: shared GRU base, ensemble of Gaussian delta heads, learned reward / termination.
 
     Args:
@@ -39,8 +39,6 @@ class DualAutoregressiveGRU(WorldModel):
             (0: forecast loss only, as the paper).
     """
 
-    act_mid: torch.Tensor
-    act_half: torch.Tensor
 
     def __init__(
         self,
@@ -58,23 +56,16 @@ class DualAutoregressiveGRU(WorldModel):
             raise ValueError(
                 f"hidden, layers, head_hidden, ensemble must be >= 1, got {hidden}, {layers}, {head_hidden}, {ensemble}"
             )
-        self.spec = spec
         self.hidden, self.layers, self.head_hidden, self.ensemble = hidden, layers, head_hidden, ensemble
         self.history_weight = history_weight
-        self.has_reward_head, self.has_termination_head = learn_reward, learn_termination
+        self._init_state_delta(spec, learn_reward, learn_termination)
         D, A = spec.obs_dim, spec.action_dim
-        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
-        self.register_buffer("act_mid", (high + low) / 2)
-        self.register_buffer("act_half", ((high - low) / 2).clamp_min(1e-6))
-        self.obs_normalizer = Normalizer(D)
-        self.delta_normalizer = Normalizer(D)
         self.gru = nn.GRU(D + A, hidden, layers, batch_first=True)
         # E heads: the first layer reads [shared GRU output, x_t], so all members are one wide matmul
         self.head_in = nn.Linear(hidden + D + A, ensemble * head_hidden)
         self.head_out = EnsembleLinear(ensemble, head_hidden, 2 * D)
         self.max_logstd = nn.Parameter(torch.full((D,), 0.5))
         self.min_logstd = nn.Parameter(torch.full((D,), -5.0))
-        self.heads = TransitionHeads(D, A, learn_reward, learn_termination)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -99,10 +90,6 @@ class DualAutoregressiveGRU(WorldModel):
 
     # ----------------------------------------------------------------------------- pieces
 
-    def _scale(self, action: torch.Tensor) -> torch.Tensor:
-        """action (..., A) env units -> [-1, 1] over the spec's bounds."""
-        return (action - self.act_mid) / self.act_half
-
     def _inputs(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs (..., D) env units, action (..., A) env units -> GRU input (..., D + A)."""
         return torch.cat([self.obs_normalizer.normalize(obs), self._scale(action)], dim=-1)
@@ -120,16 +107,6 @@ class DualAutoregressiveGRU(WorldModel):
 
     def _logstd(self, raw: torch.Tensor) -> torch.Tensor:
         return soft_clamp(raw, self.min_logstd, self.max_logstd)
-
-    def reward_termination(
-        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Learned heads on a transition: obs / next_obs (B, D), action (B, A) env units ->
-        (reward (B,) per step in env units, termination logit (B,)); None where not learned."""
-        if self.heads.net is None:
-            return None, None
-        norm = self.obs_normalizer.normalize
-        return self.heads(norm(obs), self._scale(action), norm(next_obs))
 
     def _check(self, carry: Carry, x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate ``carry`` against ``x`` (B, A) and return (obs (B, D), h (layers, B, H))."""
@@ -204,11 +181,6 @@ class DualAutoregressiveGRU(WorldModel):
         return {"obs": next_obs, "h": h.transpose(0, 1)}, pred
 
     # ----------------------------------------------------------------------------- training
-
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        self.obs_normalizer.fit(data["obs"])
-        self.delta_normalizer.fit(data["next_obs"] - data["obs"])
-        self.heads.fit(data["reward"], data.get("terminated", torch.zeros_like(data["reward"], dtype=torch.bool)))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Dual-autoregressive loss on a :class:`~world_models.data.WindowSampler` batch.

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from world_models.base import Carry, ModelSpec, Prediction, WorldModel, check_batch_shapes
-from world_models.heads import EnsembleMLP, TransitionHeads, member_std, soft_clamp
-from world_models.normalizer import Normalizer
+from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
+from world_models.heads import EnsembleMLP, member_std, soft_clamp
+from world_models.state_delta import StateDeltaModel
 
 
-class ProbabilisticEnsemble(WorldModel):
+class ProbabilisticEnsemble(StateDeltaModel):
     """PETS / MBPO dynamics ensemble with learned reward / termination heads.
 
     Args:
@@ -34,8 +34,6 @@ class ProbabilisticEnsemble(WorldModel):
         learn_reward / learn_termination: train :class:`TransitionHeads` for them.
     """
 
-    act_mid: torch.Tensor
-    act_half: torch.Tensor
     elite_idx: torch.Tensor
 
     def __init__(
@@ -51,20 +49,13 @@ class ProbabilisticEnsemble(WorldModel):
         super().__init__()
         if not 1 <= elites <= members or min(hidden, layers) < 1:
             raise ValueError(f"need 1 <= elites <= members and hidden, layers >= 1, got {elites}, {members}, {hidden}, {layers}")
-        self.spec = spec
         self.members, self.elites, self.hidden, self.num_layers = members, elites, hidden, layers
-        self.has_reward_head, self.has_termination_head = learn_reward, learn_termination
+        self._init_state_delta(spec, learn_reward, learn_termination)
         D, A = spec.obs_dim, spec.action_dim
-        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
-        self.register_buffer("act_mid", (high + low) / 2)
-        self.register_buffer("act_half", ((high - low) / 2).clamp_min(1e-6))
-        self.obs_normalizer = Normalizer(D)
-        self.delta_normalizer = Normalizer(D)
         self.net = EnsembleMLP(members, D + A, hidden, layers, 2 * D, nn.SiLU)
         self.max_logvar = nn.Parameter(torch.full((D,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((D,), -10.0))
         self.register_buffer("elite_idx", torch.arange(elites))
-        self.heads = TransitionHeads(D, A, learn_reward, learn_termination)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -85,9 +76,6 @@ class ProbabilisticEnsemble(WorldModel):
 
     # ----------------------------------------------------------------------------- pieces
 
-    def _scale(self, action: torch.Tensor) -> torch.Tensor:
-        return (action - self.act_mid) / self.act_half
-
     def _predict(
         self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,16 +84,6 @@ class ProbabilisticEnsemble(WorldModel):
         x = torch.cat([self.obs_normalizer.normalize(obs), self._scale(action)], dim=-1)
         mean, logvar = self.net(x, members).split(self.spec.obs_dim, dim=-1)
         return mean, soft_clamp(logvar, self.min_logvar, self.max_logvar)
-
-    def reward_termination(
-        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Learned heads on a transition: obs / next_obs (B, D), action (B, A) env units ->
-        (reward (B,) per step in env units, termination logit (B,)); None where not learned."""
-        if self.heads.net is None:
-            return None, None
-        norm = self.obs_normalizer.normalize
-        return self.heads(norm(obs), self._scale(action), norm(next_obs))
 
     def _check(self, carry: Carry, x: torch.Tensor) -> torch.Tensor:
         if "obs" not in carry:
@@ -156,11 +134,6 @@ class ProbabilisticEnsemble(WorldModel):
         return {"obs": next_obs}, pred
 
     # ----------------------------------------------------------------------------- training
-
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        self.obs_normalizer.fit(data["obs"])
-        self.delta_normalizer.fit(data["next_obs"] - data["obs"])
-        self.heads.fit(data["reward"], data.get("terminated", torch.zeros_like(data["reward"], dtype=torch.bool)))
 
     def _forecast(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The forecast positions of a window batch as flat transitions (B * N, ...)."""
