@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from agents import ppo_rsl_rl, ppo_sb3
 from agents.evaluate import evaluate_policy
 from agents.policy import MLPPolicy
-from tasks import Task, get_task
+from tasks import LEGGED_TASKS, Task, get_task
 from tasks.collect import collect, dataset_meta, make_real_vec_env, random_policy, with_noise
 from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedVecEnv
@@ -110,14 +111,27 @@ def make_imagined_env(cfg: dict[str, Any], model=None) -> ImaginedVecEnv:
     )
 
 
+def make_real_train_env(cfg: dict[str, Any]) -> gym.vector.VectorEnv:
+    """The batched physics env of a legged task (``agent.num_envs`` robots), for model-free baselines."""
+    task = task_of(cfg)
+    if task.name not in LEGGED_TASKS:
+        raise ConfigError(f"train_on=real needs a batched physics env; task {task.name!r} has none (only {list(LEGGED_TASKS)})")
+    env = gym.make_vec(task.env_id, num_envs=int(cfg["agent"]["num_envs"]), vectorization_mode="vector_entry_point", device=cfg["device"])
+    return env.unwrapped if hasattr(env, "unwrapped") else env
+
+
 def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:
-    """Train the configured agent inside imagination only; save it to ``paths.policy``."""
+    """Train the configured agent in imagination (``train_on: imagined``, wam's way) or, for the
+    model-free baselines of legged tasks, on MuJoCo physics (``train_on: real``); save the
+    policy to ``paths.policy``."""
     a = cfg["agent"]
     if a["name"] not in AGENTS:
         raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted(AGENTS)}")
     config_cls, train = AGENTS[a["name"]]
     agent_cfg = dataclass_from(config_cls, {**(a["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
-    env = make_imagined_env(cfg)
+    if cfg["train_on"] not in ("imagined", "real"):
+        raise ConfigError(f"train_on must be 'imagined' or 'real', got {cfg['train_on']!r}")
+    env = make_imagined_env(cfg) if cfg["train_on"] == "imagined" else make_real_train_env(cfg)
     t0 = time.perf_counter()
     policy, curve = train(env, agent_cfg, log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
     curve["train_seconds"] = time.perf_counter() - t0

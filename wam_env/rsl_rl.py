@@ -11,8 +11,9 @@ default group name: a config without ``obs_groups`` falls back to it for actor a
 
 - ``extras["time_outs"]`` (N,) bool: truncated and not terminated;
 - ``extras["log"]``: ``"Imagination/uncertainty"`` (mean) and ``"Imagination/diverged"``
-  (fraction of envs whose prediction diverged this step), averaged per iteration and written
-  to TensorBoard by rsl-rl's logger under those tags.
+  (fraction of envs whose prediction diverged this step), plus whatever the env reports in
+  ``info["log"]`` (the legged envs' ``Episode_Reward/<term>``, ``Episode_Termination/<term>``),
+  averaged per iteration and written to TensorBoard by rsl-rl's logger under those tags.
 
 Time-outs in rsl-rl 5.5.1 (``PPO.process_env_step``): the reward of a timed-out step becomes
 ``r + gamma * V(s_t)``, where ``V(s_t)`` is the critic's value of the observation *before*
@@ -116,6 +117,7 @@ class RslRlVecEnvAdapter(VecEnv):
             log["Imagination/uncertainty"] = info["uncertainty"].float().mean()
         if "model_diverged" in info:
             log["Imagination/diverged"] = info["model_diverged"].float().mean()
+        log.update(info.get("log", {}))  # per-term episode sums of physics envs (Episode_Reward/...)
         extras = {"time_outs": truncated & ~terminated, "log": log}
         return self.get_observations(), reward.float(), done.long(), extras
 

@@ -82,6 +82,7 @@ class ModelLayout:
     joint_range: np.ndarray  # (J, 2) rad; (-inf, inf) for unlimited joints
     base_body: int
     sensor_adr: dict[str, np.ndarray]  # group -> (G,) sensordata address of each entry's contact sensor
+    foot_vel_adr: np.ndarray  # (F,) sensordata address of each foot's world linear velocity (3 values)
     base_height: float
 
 
@@ -115,6 +116,13 @@ def build_model(cfg: RobotCfg) -> tuple[mujoco.MjModel, ModelLayout]:
                 objname=entry.removeprefix("body:"),
                 intprm=[3, 3, 1],
             )
+    for entry in cfg.feet:  # linear velocity of each foot, world frame (feet slide)
+        spec.add_sensor(
+            name=f"foot_vel:{entry}",
+            type=mujoco.mjtSensor.mjSENS_FRAMELINVEL,
+            objtype=mujoco.mjtObj.mjOBJ_BODY if entry.startswith("body:") else mujoco.mjtObj.mjOBJ_GEOM,
+            objname=entry.removeprefix("body:"),
+        )
     model = spec.compile()
     qpos_adr = np.array([model.jnt_qposadr[model.joint(n).id] for n in cfg.joint_names])
     dof_adr = np.array([model.jnt_dofadr[model.joint(n).id] for n in cfg.joint_names])
@@ -133,6 +141,7 @@ def build_model(cfg: RobotCfg) -> tuple[mujoco.MjModel, ModelLayout]:
         joint_range=joint_range,
         base_body=model.body(cfg.base_body).id,
         sensor_adr=sensor_adr,
+        foot_vel_adr=np.array([model.sensor_adr[model.sensor(f"foot_vel:{e}").id] for e in cfg.feet], dtype=np.int64),
         base_height=cfg.base_height,
     )
     return model, layout
