@@ -87,3 +87,61 @@ def rollout_real(policy: Policy | MLPPolicy, task: Task, seed: int, steps: int) 
         "terminated": np.asarray(rows["terminated"], bool),
         "truncated": np.asarray(rows["truncated"], bool),
     }
+
+
+def evaluate_velocity_tracking(
+    policy: Policy | MLPPolicy,
+    task: str,
+    episodes: int = 100,
+    seed: int = 0,
+    lin_vel_x: tuple[float, float] = (0.5, 1.0),
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Score a legged policy on MuJoCo: ``episodes`` robots, each given one forward command
+    ``vx ~ U(lin_vel_x)`` m/s (no sideways or turning command, no resampling) for one episode.
+
+    Returns a dict: ``episodes``, ``mean_return`` / ``std_return`` (the task's reward),
+    ``track_lin_vel_xy_exp`` (per-step mean of exp(-|v_xy,cmd - v_xy|² / 0.25), 1 = perfect),
+    ``lin_vel_error`` (per-step mean |v_xy,cmd - v_xy|, m/s), ``fall_rate`` (episodes ended by
+    a termination before the time limit), ``mean_episode_length`` (steps) and ``env_steps``.
+    """
+    from dataclasses import replace
+
+    from tasks.locomotion.registry import env_cfg
+    from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
+
+    act = _as_callable(policy)
+    cfg = env_cfg(task)
+    commands = replace(cfg.commands, lin_vel_x=lin_vel_x, lin_vel_y=(0.0, 0.0), ang_vel_z=(0.0, 0.0), heading_command=False,
+                       rel_standing_envs=0.0, resampling_time=cfg.episode_length_s + 1.0)
+    env = LeggedVelocityVecEnv(replace(cfg, commands=commands), num_envs=episodes, device=device)
+    lin = env.state_layout["base_lin_vel"]
+    obs, _ = env.reset(seed=seed)
+    limit = cfg.action_limit
+    running = np.ones(episodes, dtype=bool)
+    fell = np.zeros(episodes, dtype=bool)
+    ret, length, track, err = (np.zeros(episodes) for _ in range(4))
+    while running.any():
+        command = env.command[:, :2].numpy().copy()
+        action = np.clip(np.asarray(act(obs.cpu().numpy()), dtype=np.float32), -limit, limit)
+        obs, reward, terminated, truncated, info = env.step(action)
+        v = info["state"][:, lin][:, :2].cpu().numpy()
+        e2 = np.sum((command - v) ** 2, axis=1)
+        ret += np.where(running, reward.cpu().numpy(), 0.0)
+        track += np.where(running, np.exp(-e2 / 0.25), 0.0)
+        err += np.where(running, np.sqrt(e2), 0.0)
+        length += running
+        fell |= running & terminated.cpu().numpy()
+        running &= ~(terminated | truncated).cpu().numpy()
+    env.close()
+    return {
+        "episodes": episodes,
+        "mean_return": float(ret.mean()),
+        "std_return": float(ret.std()),
+        "track_lin_vel_xy_exp": float(track.sum() / length.sum()),
+        "lin_vel_error": float(err.sum() / length.sum()),
+        "fall_rate": float(fell.mean()),
+        "mean_episode_length": float(length.mean()),
+        "env_steps": int(length.sum()),
+        "lin_vel_x": list(lin_vel_x),
+    }

@@ -4,7 +4,8 @@ Commands:
   collect        real env → dataset          (collect.steps, collect.policy, paths.data)
   train-model    dataset → world model       (model=rwm_gru|mlp_ensemble, paths.model)
   train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3)
-  evaluate       policy → returns on the real env (evaluate.episodes)
+  evaluate       policy → returns on the real env (evaluate.episodes); legged tasks: tracking, falls
+  play           policy → <run_dir>/play.mp4|gif rendered on MuJoCo (legged tasks; play.*)
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
   config         print the merged config
 """
@@ -22,7 +23,7 @@ from wam.config import ConfigError, load_config
 from world_models.checkpoint import CheckpointError
 from world_models.data import DatasetError
 
-COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "demo", "config")
+COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "demo", "config")
 
 
 def _config(command: str, args: list[str]) -> dict:
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         elif ns.command == "evaluate":
             r = loop.run_evaluate(cfg)
             print(f"{r['task']}: mean return {r['mean_return']:.1f} ± {r['std_return']:.1f} over {r['episodes']} real episodes")
+            if "fall_rate" in r:
+                print(f"  commands vx in {r['lin_vel_x']} m/s: tracking exp {r['track_lin_vel_xy_exp']:.3f}, "
+                      f"|v - cmd| {r['lin_vel_error']:.3f} m/s, fall rate {r['fall_rate']:.1%}")
+        elif ns.command == "play":
+            print(f"video written to {loop.run_play(cfg)}")
         elif ns.command == "demo":
             from wam.demo import run_demo
 

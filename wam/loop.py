@@ -7,6 +7,7 @@ world models, imagined envs and agents meet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from agents import ppo_rsl_rl, ppo_sb3
-from agents.evaluate import evaluate_policy
+from agents.evaluate import evaluate_policy, evaluate_velocity_tracking
 from agents.policy import MLPPolicy
 from tasks import LEGGED_TASKS, Task, get_task
 from tasks.collect import collect, dataset_meta, make_real_vec_env, random_policy, with_noise
@@ -144,10 +145,53 @@ def run_evaluate(cfg: dict[str, Any], policy: MLPPolicy | None = None) -> dict[s
     task = task_of(cfg)
     e = cfg["evaluate"]
     policy = policy if policy is not None else MLPPolicy.load(run_path(cfg, "policy", "policy"))
-    returns = evaluate_policy(policy.act, task, episodes=int(e["episodes"]), seed=int(cfg["seed"]) + 10_000)
-    result = {"task": task.name, "episodes": len(returns), "mean_return": float(np.mean(returns)),
-              "std_return": float(np.std(returns)), "returns": returns.tolist()}
+    seed = int(cfg["seed"]) + 10_000
+    if task.name in LEGGED_TASKS:  # velocity tracking: one forward command per robot, all in one batch
+        result = {"task": task.name, **evaluate_velocity_tracking(policy, task.name, int(e["episodes"]), seed)}
+    else:
+        returns = evaluate_policy(policy.act, task, episodes=int(e["episodes"]), seed=seed)
+        result = {"task": task.name, "episodes": len(returns), "mean_return": float(np.mean(returns)),
+                  "std_return": float(np.std(returns)), "returns": returns.tolist()}
     out = Path(cfg["run_dir"]) / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_play(cfg: dict[str, Any], policy: MLPPolicy | None = None) -> Path:
+    """Render a policy on the task's MuJoCo env (env 0, tracking camera) to ``<run_dir>/play.<format>``."""
+    import imageio.v2 as imageio
+
+    from tasks.locomotion.registry import env_cfg
+    from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
+
+    task = task_of(cfg)
+    p = cfg["play"]
+    if task.name not in LEGGED_TASKS:
+        raise ConfigError(f"wam play renders legged tasks {list(LEGGED_TASKS)}, not {task.name!r}")
+    if p["format"] not in ("mp4", "gif"):
+        raise ConfigError(f"play.format must be mp4 or gif, got {p['format']!r}")
+    policy = policy if policy is not None else MLPPolicy.load(run_path(cfg, "policy", "policy"))
+    env_config = env_cfg(task.name)
+    if p["command"] is not None:
+        vx, vy, wz = (float(v) for v in p["command"])
+        env_config = dataclasses.replace(env_config, commands=dataclasses.replace(
+            env_config.commands, lin_vel_x=(vx, vx), lin_vel_y=(vy, vy), ang_vel_z=(wz, wz), heading_command=False,
+            rel_standing_envs=0.0))
+    env = LeggedVelocityVecEnv(env_config, num_envs=1, render_mode="rgb_array")
+    obs, _ = env.reset(seed=int(cfg["seed"]))
+    fps = 25  # every second policy step (50 Hz)
+    frames = []
+    for step in range(int(float(p["seconds"]) / env.step_dt)):
+        action = np.clip(policy.act(obs.numpy()), -env_config.action_limit, env_config.action_limit)
+        obs, *_ = env.step(action)
+        if step % 2 == 0:
+            frames.append(env.render())
+    env.close()
+    out = Path(cfg["run_dir"]) / f"play.{p['format']}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if p["format"] == "gif":
+        imageio.mimsave(out, [f[::2, ::2] for f in frames], duration=1000 / fps, loop=0)
+    else:
+        imageio.mimsave(out, frames, fps=fps, macro_block_size=8)
+    return out

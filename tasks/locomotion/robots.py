@@ -91,7 +91,7 @@ def build_model(cfg: RobotCfg) -> tuple[mujoco.MjModel, ModelLayout]:
     spec = cfg.spec_fn()
     spec.option.timestep = PHYSICS_DT
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
-    spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[0, 0, 0.05], rgba=[0.5, 0.55, 0.6, 1])
+    spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[0, 0, 0.05], rgba=[0.45, 0.5, 0.58, 1])
     spec.worldbody.add_light(name="sun", pos=[0, 0, 4], dir=[0, 0, -1], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
     kp, kd = cfg.per_joint(cfg.stiffness), cfg.per_joint(cfg.damping)
     effort, armature = cfg.per_joint(cfg.effort_limit), cfg.per_joint(cfg.armature)
