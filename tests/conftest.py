@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: offscreen rendering
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 

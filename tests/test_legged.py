@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import gymnasium as gym
@@ -286,3 +287,25 @@ def test_air_time_rewards_long_steps_at_touch_down():
     assert float(mdp.feet_air_time(s, threshold=0.5)) == pytest.approx(0.12)
     s.command[:, 0] = 0.0  # standing still: no gait reward
     assert float(mdp.feet_air_time(s, threshold=0.5)) == 0.0
+
+
+def test_cli_trains_a_baseline_on_physics_then_evaluates_and_plays(tmp_path, capsys):
+    from wam.cli import main
+
+    run = [f"run_dir={tmp_path}", "task=anymal_c_flat", "agent=ppo_rsl_rl", "agent.num_envs=16",
+           "agent.params.max_iterations=2", "evaluate.episodes=4", "play.seconds=0.5", "progress=false"]
+    assert main(["train-policy", "train_on=real", *run]) == 0
+    assert (tmp_path / "policy").is_dir()
+    assert main(["evaluate", *run]) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    assert result["episodes"] == 4 and 0.0 <= result["fall_rate"] <= 1.0
+    assert 0.0 < result["track_lin_vel_xy_exp"] <= 1.0 and result["env_steps"] >= 4
+    try:
+        mujoco.Renderer(build_model(ANYMAL_C)[0], 64, 64).close()
+    except Exception as e:  # no OpenGL (EGL / OSMesa) on this machine
+        pytest.skip(f"MuJoCo offscreen rendering unavailable: {e}")
+    assert main(["play", *run]) == 0
+    assert (tmp_path / "play.mp4").stat().st_size > 1000
+    assert main(["train-policy", "train_on=simulated", *run]) == 2
+    assert "train_on must be" in capsys.readouterr().err
+    assert main(["train-policy", "train_on=real", "task=pendulum", f"run_dir={tmp_path}"]) == 2
