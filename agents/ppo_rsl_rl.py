@@ -31,6 +31,7 @@ import contextlib
 import copy
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -71,6 +72,7 @@ class RslRlPPOConfig:
     obs_normalization: bool = True
     init_at_random_ep_len: bool = False
     save_interval: int = 50
+    resume: str | None = None  # rsl-rl checkpoint (<log_dir>/model_<it>.pt) of an earlier run to continue
     seed: int = 0
     device: str = "cpu"
 
@@ -144,6 +146,11 @@ def train(
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
     with quiet:
         runner = OnPolicyRunner(adapter, copy.deepcopy(cfg.train_cfg()), log_dir, cfg.device)
+        if cfg.resume is not None:
+            # rsl-rl's own format (torch pickle: weights, optimizer, iteration); resume only your own runs
+            if not Path(cfg.resume).is_file():
+                raise FileNotFoundError(f"resume: no rsl-rl checkpoint at {cfg.resume}")
+            runner.load(cfg.resume, map_location=cfg.device)
         runner.learn(cfg.max_iterations, init_at_random_ep_len=cfg.init_at_random_ep_len)
     return MLPPolicy.from_rsl_rl(runner).cpu(), _curve(adapter, cfg.num_steps_per_env)
 

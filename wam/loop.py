@@ -117,8 +117,7 @@ def make_real_train_env(cfg: dict[str, Any]) -> gym.vector.VectorEnv:
     task = task_of(cfg)
     if task.name not in LEGGED_TASKS:
         raise ConfigError(f"train_on=real needs a batched physics env; task {task.name!r} has none (only {list(LEGGED_TASKS)})")
-    env = gym.make_vec(task.env_id, num_envs=int(cfg["agent"]["num_envs"]), vectorization_mode="vector_entry_point", device=cfg["device"])
-    return env.unwrapped if hasattr(env, "unwrapped") else env
+    return gym.make_vec(task.env_id, num_envs=int(cfg["agent"]["num_envs"]), device=cfg["device"])
 
 
 def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:

@@ -9,11 +9,14 @@ geom or body, laid out in :class:`ModelLayout`.
 
 Sources of the numbers:
 
-- ANYmal C: URDF from ANYbotics (via ``genesis-world``); Isaac Lab's
-  ``ANYDRIVE_3_SIMPLE_ACTUATOR_CFG`` (DC motor, stiffness 40, damping 5, effort limit 80 N·m)
-  and ``ANYMAL_C_CFG`` init state (base at 0.6 m, HFE ±0.4, KFE ∓0.8). MuJoCo's position
-  actuator clips at the effort limit; Isaac Lab's DC motor additionally lowers the limit with
-  joint speed (saturation 120 N·m at rest, 0 at 7.5 rad/s), which binds only above 2.5 rad/s.
+- ANYmal C: URDF from ANYbotics (via ``genesis-world``); ``ANYMAL_C_CFG``'s init state (base
+  at 0.6 m, HFE ±0.4, KFE ∓0.8) and effort limit (80 N·m). Isaac Lab drives ANYmal C with an
+  LSTM actuator network (a remote file we do not have); its fallback
+  ``ANYDRIVE_3_SIMPLE_ACTUATOR_CFG`` (PD 40 / 5) lets the robot sag 0.18 m under its weight,
+  and rsl-rl PPO learned only to stand and turn on it (tracking 0.11, BENCHMARKS.md). We use
+  legged_gym's ANYmal C PD for when the actuator net is off: stiffness 80, damping 2.
+  MuJoCo's position actuator clips at the effort limit; the DC motor model's speed-dependent
+  limit (120 N·m at rest, 0 at 7.5 rad/s) binds only above 2.5 rad/s and is not modelled.
 - G1 29-DoF: MJCF from mjlab (``g1.xml``), mjlab's ``g1_constants.py`` gains (reflected
   rotor inertia as joint armature, stiffness = armature·(2π·10 Hz)², damping ratio 2),
   its knees-bent keyframe and its self-collision-free collision setup (feet condim 3,
@@ -186,8 +189,8 @@ ANYMAL_C = RobotCfg(
     joint_names=tuple(f"{leg}_{j}" for leg in _ANYMAL_LEGS for j in ("HAA", "HFE", "KFE")),
     default_joint_pos={".*HAA": 0.0, ".F_HFE": 0.4, ".H_HFE": -0.4, ".F_KFE": -0.8, ".H_KFE": 0.8},
     base_height=0.6,
-    stiffness={".*": 40.0},
-    damping={".*": 5.0},
+    stiffness={".*": 80.0},
+    damping={".*": 2.0},
     effort_limit={".*": 80.0},
     base_body="base",
     feet=tuple(f"{leg}_FOOT" for leg in _ANYMAL_LEGS),
