@@ -5,8 +5,9 @@ Terms and weights as ``isaaclab_tasks/manager_based/locomotion/velocity/velocity
 ``config/anymal_c/flat_env_cfg.py`` (flat orientation -5, torques -2.5e-5, feet air time 0.5).
 A fall (base tilted beyond 80°) also terminates, besides base contact. With legged_gym's PD
 (80 / 2, see ``robots.py``) the early, shaky policy earns more penalty than tracking reward,
-and PPO learned to end episodes at once (mean length 19 steps after 100 iterations); the
-step's total reward is therefore clipped at zero, as legged_gym's ``only_positive_rewards``.
+and PPO learned to end episodes at once (mean length 19 steps after 100 iterations); clipping
+the total at zero (legged_gym's ``only_positive_rewards``) left no signal at all. Ending an
+episode therefore costs as much as on Isaac Lab's G1: ``termination_penalty`` -200 (x dt).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ ENV_CFG = VelocityEnvCfg(
     name="anymal_c_flat",
     robot=ANYMAL_C,
     action_scale=0.5,
-    only_positive_rewards=True,
     rewards={
+        "termination_penalty": Term(mdp.is_terminated, -200.0),
         "track_lin_vel_xy_exp": Term(mdp.track_lin_vel_xy_exp, 1.0, {"std": 0.5}),
         "track_ang_vel_z_exp": Term(mdp.track_ang_vel_z_exp, 0.5, {"std": 0.5}),
         "lin_vel_z_l2": Term(mdp.lin_vel_z_l2, -2.0),

@@ -101,9 +101,6 @@ class VelocityEnvCfg:
     decimation: int = 4
     episode_length_s: float = 20.0
     soft_joint_pos_limit_factor: float = 1.0
-    # legged_gym's ``only_positive_rewards``: clip the step's total reward at 0 so that ending an
-    # episode early never pays (per-term logs stay unclipped)
-    only_positive_rewards: bool = False
     commands: CommandCfg = field(default_factory=CommandCfg)
     reset: ResetCfg = field(default_factory=ResetCfg)
     randomization: RandomizationCfg = field(default_factory=RandomizationCfg)

@@ -184,8 +184,6 @@ class LeggedVelocityVecEnv(gym.vector.VectorEnv):
             value = fn(s, **params) * (weight * self.step_dt)
             self.episode_sums[k] += value.double()
             reward += value
-        if self.cfg.only_positive_rewards:
-            reward = reward.clamp_min(0.0)
         self.state = s
         obs = self._observations(s)
         info: dict[str, Any] = {"state": self.state_vector(s).to(self.device)}
