@@ -233,8 +233,9 @@ def test_domain_randomization_terms_take_effect():
     b = env.layout.base_body
     assert m.body_mass[b] == pytest.approx(base.body_mass[b] + 3.0)
     np.testing.assert_allclose(m.actuator_forcerange, 0.8 * base.actuator_forcerange)
-    np.testing.assert_allclose(m.actuator_gainprm[:, 0], 60.0)
-    np.testing.assert_allclose(m.actuator_biasprm[:, 2], -10.0)
+    np.testing.assert_allclose(m.actuator_gainprm[:, 0], 1.5 * base.actuator_gainprm[:, 0])
+    np.testing.assert_allclose(m.actuator_biasprm[:, 1], 1.5 * base.actuator_biasprm[:, 1])
+    np.testing.assert_allclose(m.actuator_biasprm[:, 2], 2.0 * base.actuator_biasprm[:, 2])
     assert not torch.allclose(obs, obs_clean)  # observation noise
     assert set(env._latency.tolist()) <= {0, 1, 2}
     env.step(torch.zeros(4, 12))
