@@ -3,7 +3,7 @@
 Commands:
   collect        real env → dataset          (collect.steps, collect.policy, paths.data)
   train-model    dataset → world model       (model=rwm_gru|mlp_ensemble, paths.model)
-  train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3)
+  train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3|mbpo_ppo)
   evaluate       policy → returns on the real env (evaluate.episodes); legged tasks: tracking, falls
   play           policy → <run_dir>/play.mp4|gif rendered on MuJoCo (legged tasks; play.*)
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
@@ -24,6 +24,12 @@ from world_models.checkpoint import CheckpointError
 from world_models.data import DatasetError
 
 COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "demo", "config")
+# short keys per command: `wam collect policy=... steps=...`, `wam evaluate policy=...`
+SHORTHANDS = {
+    "collect": {"policy": "collect.policy", "steps": "collect.steps", "noise": "collect.noise"},
+    "evaluate": {"policy": "paths.policy"},
+    "play": {"policy": "paths.policy"},
+}
 
 
 def _config(command: str, args: list[str]) -> dict:
@@ -32,6 +38,8 @@ def _config(command: str, args: list[str]) -> dict:
         base, args = args[0].split("=", 1)[1], args[1:]
     if command == "demo":
         args = ["run_dir=runs/demo", *args]
+    short = SHORTHANDS.get(command, {})
+    args = [f"{short[a.split('=', 1)[0]]}={a.split('=', 1)[1]}" if "=" in a and a.split("=", 1)[0] in short else a for a in args]
     cfg = load_config(args, base)
     if cfg["device"] == "cuda":
         import torch

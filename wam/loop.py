@@ -17,13 +17,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents import ppo_rsl_rl, ppo_sb3
+from agents import mbpo_ppo, ppo_rsl_rl, ppo_sb3
 from agents.evaluate import evaluate_policy, evaluate_velocity_tracking
 from agents.policy import MLPPolicy
 from tasks import LEGGED_TASKS, Task, get_task
 from tasks.collect import collect, dataset_meta, make_real_vec_env, random_policy, with_noise
 from wam.config import ConfigError, dataclass_from
-from wam_env import ImaginedVecEnv
+from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
 from world_models.data import TransitionStore, model_spec_from_data, split_episodes, to_torch
 from world_models.training import WorldModelTrainConfig, train_world_model
@@ -58,10 +58,24 @@ def collection_policy(cfg: dict[str, Any], task: Task, seed: int):
 
 
 def run_collect(cfg: dict[str, Any], policy=None, steps: int | None = None, seed_offset: int = 0) -> TransitionStore:
-    """Collect real transitions into the dataset at ``paths.data`` (appending)."""
+    """Collect real transitions into the dataset at ``paths.data`` (appending).
+
+    Legged tasks store the world-model state and contacts (:mod:`tasks.locomotion.collect`):
+    ``collect.policy=random`` there means the default pose plus Gaussian action noise of
+    ``collect.noise`` (a uniform action in the ±10 box would throw the robot about)."""
     task = task_of(cfg)
     c = cfg["collect"]
     seed = int(cfg["seed"]) + seed_offset
+    if task.name in LEGGED_TASKS:
+        from tasks.locomotion.collect import collect_legged, legged_dataset_meta
+
+        if policy is None and c["policy"] not in (None, "random"):
+            policy = MLPPolicy.load(c["policy"]).act
+        transitions = collect_legged(task.name, policy, int(steps or c["steps"]), num_envs=int(c["num_envs"]), seed=seed,
+                                     action_noise=float(c["noise"]), progress=cfg["progress"])
+        store = TransitionStore(run_path(cfg, "data", "data"), legged_dataset_meta(task.name))
+        store.append(transitions)
+        return store
     policy = policy if policy is not None else collection_policy(cfg, task, seed)
     transitions = collect(task, policy, int(steps or c["steps"]), num_envs=int(c["num_envs"]), seed=seed, progress=cfg["progress"])
     store = TransitionStore(run_path(cfg, "data", "data"), dataset_meta(task))
@@ -99,9 +113,15 @@ def run_train_model(cfg: dict[str, Any], log_name: str = "world_model") -> tuple
     return model, metrics
 
 
-def make_imagined_env(cfg: dict[str, Any], model=None) -> ImaginedVecEnv:
+def make_imagined_env(cfg: dict[str, Any], model=None) -> ImaginedVecEnv | ImaginedLeggedVecEnv:
     """The batched imagined env the agent trains in (``agent.num_envs`` envs)."""
     a = cfg["agent"]
+    if task_of(cfg).name in LEGGED_TASKS:
+        return ImaginedLeggedVecEnv(
+            num_envs=int(a["num_envs"]),
+            model=model if model is not None else str(run_path(cfg, "model", "world_model")),
+            task=cfg["task"], device=cfg["device"], max_episode_steps=a["max_episode_steps"], sample=bool(a["sample"]),
+        )
     return ImaginedVecEnv(
         num_envs=int(a["num_envs"]),
         model=model if model is not None else str(run_path(cfg, "model", "world_model")),
@@ -125,8 +145,10 @@ def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLP
     model-free baselines of legged tasks, on MuJoCo physics (``train_on: real``); save the
     policy to ``paths.policy``."""
     a = cfg["agent"]
+    if a["name"] == "mbpo_ppo":
+        return run_mbpo_ppo(cfg, log_name)
     if a["name"] not in AGENTS:
-        raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted(AGENTS)}")
+        raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted([*AGENTS, 'mbpo_ppo'])}")
     config_cls, train = AGENTS[a["name"]]
     agent_cfg = dataclass_from(config_cls, {**(a["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
     if cfg["train_on"] not in ("imagined", "real"):
@@ -137,6 +159,39 @@ def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLP
     curve["train_seconds"] = time.perf_counter() - t0
     policy.save(run_path(cfg, "policy", "policy"))
     return policy, curve
+
+
+def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:
+    """MBPO-PPO (``agent=mbpo_ppo``) on a legged task: starts from the dataset at ``paths.data``
+    and the world model at ``paths.model`` (``wam collect`` / ``wam train-model`` first), appends
+    every new real batch to the dataset, saves the improved model back and the policy to
+    ``paths.policy``; the per-iteration history goes to ``<run_dir>/mbpo_ppo.json``."""
+    from world_models.checkpoint import load_checkpoint
+
+    task = task_of(cfg)
+    if task.name not in LEGGED_TASKS:
+        raise ConfigError(f"agent=mbpo_ppo runs on legged tasks {list(LEGGED_TASKS)}, not {task.name!r}")
+    a = cfg["agent"]
+    agent_cfg = dataclass_from(mbpo_ppo.MbpoPPOConfig, {**(a["params"] or {}), "num_envs": int(a["num_envs"]), "sample": bool(a["sample"]),
+                                                          "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
+    dataclass_from(ppo_rsl_rl.RslRlPPOConfig, agent_cfg.ppo, "agent.params.ppo")  # unknown PPO keys: an error now
+    store = TransitionStore(run_path(cfg, "data", "data"))
+    model_path = run_path(cfg, "model", "world_model")
+    model, extra, _ = load_checkpoint(model_path, device=cfg["device"])
+    if extra.get("task") != task.name:
+        raise ConfigError(f"world model {model_path} was trained on task {extra.get('task')!r}, not {task.name!r}")
+    train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
+    t0 = time.perf_counter()
+    policy, history = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
+                                     log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
+    history["train_seconds"] = time.perf_counter() - t0
+    data = store.load()
+    start = {f"start/{k}": torch.as_tensor(data[k][-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+    save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
+    policy.save(run_path(cfg, "policy", "policy"))
+    out = Path(cfg["run_dir"]) / "mbpo_ppo.json"
+    out.write_text(json.dumps(history, indent=2).replace("NaN", "null"))
+    return policy, history
 
 
 def run_evaluate(cfg: dict[str, Any], policy: MLPPolicy | None = None) -> dict[str, Any]:

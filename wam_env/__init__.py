@@ -6,7 +6,8 @@ Importing ``wam_env`` registers, for every task with a registered name:
 - ``wam/<Name>-Imagined-v0``: the world model (``gym.make`` → numpy :class:`ImaginedEnv`,
   ``gym.make_vec`` → batched torch :class:`ImaginedVecEnv`),
 
-and ``wam/Imagined-v0`` for any checkpoint (the task is read from the checkpoint, so a model
+``wam/AnymalC-Flat-Imagined-v0`` / ``wam/G1-Flat-Imagined-v0`` for legged world models
+(:mod:`wam_env.legged`), and ``wam/Imagined-v0`` for any checkpoint (the task is read from the checkpoint, so a model
 trained on any Gymnasium env works with its learned reward and termination heads).
 """
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from tasks import TASKS
+from tasks import LEGGED_TASKS, TASKS
 from wam_env.imagined import ImaginedEnv, ImaginedVecEnv, Imagination
+from wam_env.legged import ImaginedLeggedEnv, ImaginedLeggedVecEnv
 
 _IMAGINED = "wam_env.imagined:ImaginedEnv"
 _IMAGINED_VEC = "wam_env.imagined:ImaginedVecEnv"
@@ -44,9 +46,16 @@ def register_envs() -> None:
             vector_entry_point=_IMAGINED_VEC,
             kwargs={"task": task.name},
         )
+    for name in LEGGED_TASKS:  # wam/AnymalC-Flat-Imagined-v0, wam/G1-Flat-Imagined-v0
+        _register(
+            TASKS[name].env_id.replace("-v0", "-Imagined-v0"),
+            entry_point="wam_env.legged:ImaginedLeggedEnv",
+            vector_entry_point="wam_env.legged:ImaginedLeggedVecEnv",
+            kwargs={"task": name},
+        )
     _register("wam/Imagined-v0", entry_point=_IMAGINED, vector_entry_point=_IMAGINED_VEC)
 
 
 register_envs()
 
-__all__ = ["ImaginedEnv", "ImaginedVecEnv", "Imagination", "register_envs"]
+__all__ = ["ImaginedEnv", "ImaginedVecEnv", "ImaginedLeggedEnv", "ImaginedLeggedVecEnv", "Imagination", "register_envs"]

@@ -42,6 +42,8 @@ class ModelSpec:
         obs_low / obs_high: per-dimension range seen in the training data, length D. An
             imagined observation far outside it is flagged as divergence.
         obs_names: optional names of the observation dimensions (for reports).
+        contact_dim: C, binary contact flags per transition the model predicts as logits
+            (RWM's privileged contact heads; 0: none).
     """
 
     obs_dim: int
@@ -54,6 +56,7 @@ class ModelSpec:
     obs_low: tuple[float, ...] = ()
     obs_high: tuple[float, ...] = ()
     obs_names: tuple[str, ...] = ()
+    contact_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.obs_dim <= 0 or self.action_dim <= 0:
@@ -67,6 +70,8 @@ class ModelSpec:
             v = getattr(self, name)
             if v and len(v) != self.obs_dim:
                 raise ValueError(f"ModelSpec.{name} must have length obs_dim={self.obs_dim}, got {len(v)}")
+        if self.contact_dim < 0:
+            raise ValueError(f"ModelSpec needs contact_dim >= 0, got {self.contact_dim}")
         if self.history < 0 or self.forecast < 1:
             raise ValueError(f"ModelSpec needs history >= 0 and forecast >= 1, got {self.history}, {self.forecast}")
         if not all(math.isfinite(x) for x in self.action_low + self.action_high):
@@ -93,7 +98,7 @@ class Prediction:
         obs: (B, D) predicted next observation (sampled if ``sample=True``).
         reward: (B,) learned-head reward for the transition, or None if the model has no head.
         termination_logit: (B,) logit of P(terminal) for the transition, or None.
-        contacts: (B, C) contact logits, or None.
+        contacts: (B, C) contact logits of the next state, or None (``spec.contact_dim`` = 0).
         uncertainty: (B,) epistemic uncertainty (disagreement of ensemble members, in
             normalized units); zeros for a model without an ensemble.
     """

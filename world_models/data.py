@@ -39,6 +39,10 @@ FIELDS: dict[str, tuple[np.dtype, str]] = {
     "episode": (np.dtype(np.int64), ""),
     "step": (np.dtype(np.int64), ""),
 }
+# optional fields, stored when the dataset's meta names their size: "C" = meta["contact_dim"]
+OPTIONAL_FIELDS: dict[str, tuple[np.dtype, str]] = {
+    "contacts": (np.dtype(bool), "C"),  # (N, C) binary contacts of next_obs (feet, thighs, ...)
+}
 
 
 class DatasetError(ValueError):
@@ -82,7 +86,7 @@ class TransitionStore:
         if meta_path.exists():
             self.meta = self._read_meta(meta_path)
             if meta is not None:
-                for key in ("obs_dim", "action_dim", "env_id"):
+                for key in ("obs_dim", "action_dim", "env_id", "contact_dim"):
                     if key in meta and meta[key] != self.meta.get(key):
                         raise DatasetError(
                             f"dataset {self.path} has {key}={self.meta.get(key)!r}, "
@@ -130,16 +134,23 @@ class TransitionStore:
     def __len__(self) -> int:
         return int(self.meta["num_transitions"])
 
+    @property
+    def fields(self) -> dict[str, tuple[np.dtype, str]]:
+        """The fields this dataset stores: FIELDS, plus ``contacts`` when ``meta["contact_dim"]`` > 0."""
+        extra = {"contacts": OPTIONAL_FIELDS["contacts"]} if int(self.meta.get("contact_dim", 0)) > 0 else {}
+        return {**FIELDS, **extra}
+
     def append(self, transitions: dict[str, np.ndarray]) -> None:
-        """Append flat transitions (all FIELDS, leading dim N). ``episode`` ids are local to
+        """Append flat transitions (all of :attr:`fields`, leading dim N). ``episode`` ids are local to
         this batch (any integers); they are renumbered to follow the stored episodes."""
-        missing = set(FIELDS) - set(transitions)
+        fields = self.fields
+        missing = set(fields) - set(transitions)
         if missing:
             raise DatasetError(f"transitions are missing fields {sorted(missing)}")
         n = len(transitions["reward"])
-        dims = {"D": self.obs_dim, "A": self.action_dim, "": None}
+        dims = {"D": self.obs_dim, "A": self.action_dim, "C": int(self.meta.get("contact_dim", 0)), "": None}
         arrays = {}
-        for name, (dtype, dim_key) in FIELDS.items():
+        for name, (dtype, dim_key) in fields.items():
             a = np.asarray(transitions[name])
             want = (n,) if dims[dim_key] is None else (n, dims[dim_key])
             if a.shape != want:
@@ -167,11 +178,11 @@ class TransitionStore:
 
     def load(self) -> dict[str, np.ndarray]:
         """All transitions, concatenated in chunk order: dict of arrays with leading dim N."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.fields}
         for name in self.meta["chunks"]:
             try:
                 with np.load(self.path / name, allow_pickle=False) as z:
-                    for k in FIELDS:
+                    for k in parts:
                         parts[k].append(z[k])
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
                 raise DatasetError(f"corrupt dataset chunk {self.path / name}: {e}") from e
@@ -206,13 +217,14 @@ class WindowSampler:
 
     Batch (L = M + N): ``obs`` (B, L, D), ``action`` (B, L, A), ``next_obs`` (B, L, D),
     ``reward`` (B, L), ``terminated`` (B, L) bool, ``valid`` (B, L) bool, ``is_first`` (B, L)
-    bool (the first valid position of each window), and ``history`` = M (int).
+    bool (the first valid position of each window), ``history`` = M (int), and ``contacts``
+    (B, L, C) bool when the data hold them.
     """
 
     def __init__(self, data: dict[str, torch.Tensor], history: int, forecast: int, seed: int = 0):
         if history < 0 or forecast < 1:
             raise ValueError(f"need history >= 0 and forecast >= 1, got {history}, {forecast}")
-        self.data = {k: data[k] for k in ("obs", "action", "next_obs", "reward", "terminated")}
+        self.data = {k: data[k] for k in ("obs", "action", "next_obs", "reward", "terminated", "contacts") if k in data}
         self.device = self.data["obs"].device
         episode = data["episode"].to(self.device)
         n = episode.shape[0]
@@ -262,6 +274,7 @@ def model_spec_from_data(
     obs = np.concatenate([np.asarray(data["obs"]), np.asarray(data["next_obs"])])
     names = tuple(meta.get("obs_names", ()))
     return ModelSpec(
+        contact_dim=int(meta.get("contact_dim", 0)),
         obs_dim=int(meta["obs_dim"]),
         action_dim=int(meta["action_dim"]),
         action_low=tuple(float(x) for x in space["low"]),

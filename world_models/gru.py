@@ -177,7 +177,8 @@ class DualAutoregressiveGRU(StateDeltaModel):
         next_obs = obs + self.delta_normalizer.denormalize(delta)
         uncertainty = member_std(mean).mean(-1)
         reward, logit = self.reward_termination(obs, action, next_obs)
-        pred = Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit)
+        contacts = self.contact_logits(obs, action, next_obs)
+        pred = Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit, contacts=contacts)
         return {"obs": next_obs, "h": h.transpose(0, 1)}, pred
 
     # ----------------------------------------------------------------------------- training
@@ -192,7 +193,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
         Gaussian NLL + MSE of the next obs (normalized delta units, mean over D) is averaged
         over members and valid rows; the loss sums the steps, adds PETS' penalty on the
         learned log-std bounds, and the reward / termination head losses (trained on the real
-        transitions of the valid forecast positions). With ``history_weight`` > 0 the history
+        transitions of the valid forecast positions; contacts too, where the batch has them). With ``history_weight`` > 0 the history
         positions add a teacher-forced one-step NLL + MSE term (mean over valid positions),
         times that weight (0 by default: the paper's loss covers the forecast only).
         """
@@ -245,6 +246,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
             batch["reward"][:, fc].flatten(),
             batch["terminated"][:, fc].flatten(),
             valid[:, fc].flatten(),
+            batch["contacts"][:, fc].flatten(0, 1) if "contacts" in batch else None,
         )
         bound_penalty = 0.01 * (self.max_logstd.sum() - self.min_logstd.sum())
         loss = nll_sum + mse_sum + self.history_weight * history_loss + bound_penalty + heads.pop("heads_loss")

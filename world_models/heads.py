@@ -94,7 +94,7 @@ class EnsembleMLP(nn.Module):
 
 
 class TransitionHeads(nn.Module):
-    """Learned reward and termination of a transition.
+    """Learned reward, termination and contacts of a transition.
 
     Both heads read ``[norm(obs), action scaled to [-1, 1], norm(next_obs)]`` (B, 2D + A)
     and are separate MLPs (``hidden`` x ``layers``, ELU), evaluated together as a
@@ -104,10 +104,13 @@ class TransitionHeads(nn.Module):
     - termination: a logit trained with class-balanced BCE, ``pos_weight = n_neg / n_pos``
       (fit from data, clipped to [1/max_pos_weight, max_pos_weight]; 1 when the data hold
       no terminal transitions, and the loss still runs).
+    - contacts: C logits of the next state's binary contacts (RWM's privileged contact
+      heads: feet, thighs / knees), a third MLP trained with BCE; absent when C = 0.
 
     Args:
         obs_dim / action_dim: D and A.
         reward / termination: which heads exist.
+        contacts: C, number of contact flags (0: no contact head).
         hidden / layers: MLP size.
         max_pos_weight: clip of the class-balance weight.
     """
@@ -123,8 +126,11 @@ class TransitionHeads(nn.Module):
         hidden: int = 128,
         layers: int = 2,
         max_pos_weight: float = 1000.0,
+        contacts: int = 0,
     ):
         super().__init__()
+        self.contact_dim = contacts
+        self.contact_net = EnsembleMLP(1, 2 * obs_dim + action_dim, hidden, layers, contacts, nn.ELU) if contacts else None
         self.has_reward, self.has_termination = reward, termination
         self.max_pos_weight = max_pos_weight
         n = int(reward) + int(termination)
@@ -160,6 +166,12 @@ class TransitionHeads(nn.Module):
             reward = self.reward_normalizer.denormalize(reward.unsqueeze(-1)).squeeze(-1)
         return reward, logit
 
+    def contacts(self, obs_n: torch.Tensor, action_s: torch.Tensor, next_obs_n: torch.Tensor) -> torch.Tensor | None:
+        """Contact logits (B, C) of the next state, or None without a contact head (inputs as :meth:`forward`)."""
+        if self.contact_net is None:
+            return None
+        return self.contact_net(torch.cat([obs_n, action_s, next_obs_n], dim=-1))[0]
+
     def loss(
         self,
         obs_n: torch.Tensor,
@@ -168,13 +180,16 @@ class TransitionHeads(nn.Module):
         reward: torch.Tensor,
         terminated: torch.Tensor,
         mask: torch.Tensor,
+        contacts: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses on real transitions: obs_n / next_obs_n (B, D), action_s (B, A), reward (B,)
-        env units, terminated (B,) bool, mask (B,) bool (which rows count).
+        env units, terminated (B,) bool, mask (B,) bool (which rows count), contacts (B, C)
+        bool (required when the contact head exists).
 
-        Returns ``heads_loss`` (sum of the terms), ``reward_mse`` (normalized units) and
-        ``termination_bce`` (class-balanced), each present when its head exists."""
-        pred_reward, logit = self._raw(torch.cat([obs_n, action_s, next_obs_n], dim=-1))
+        Returns ``heads_loss`` (sum of the terms), ``reward_mse`` (normalized units),
+        ``termination_bce`` (class-balanced) and ``contact_bce``, each present when its head exists."""
+        x = torch.cat([obs_n, action_s, next_obs_n], dim=-1)
+        pred_reward, logit = self._raw(x)
         out: dict[str, torch.Tensor] = {}
         total = obs_n.new_zeros(())
         if pred_reward is not None:
@@ -187,6 +202,14 @@ class TransitionHeads(nn.Module):
             )
             out["termination_bce"] = masked_mean(bce, mask)
             total = total + out["termination_bce"]
+        if self.contact_net is not None:
+            if contacts is None or contacts.shape != (x.shape[0], self.contact_dim):
+                got = None if contacts is None else tuple(contacts.shape)
+                raise ValueError(f"the contact head needs contacts of shape ({x.shape[0]}, {self.contact_dim}), got {got}")
+            c_logit = self.contact_net(x)[0]
+            bce = F.binary_cross_entropy_with_logits(c_logit, contacts.to(c_logit.dtype), reduction="none").mean(-1)
+            out["contact_bce"] = masked_mean(bce, mask)
+            total = total + out["contact_bce"]
         out["heads_loss"] = total
         return out
 

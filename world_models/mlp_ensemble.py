@@ -130,7 +130,8 @@ class ProbabilisticEnsemble(StateDeltaModel):
         next_obs = obs + self.delta_normalizer.denormalize(delta)
         uncertainty = member_std(mean).mean(-1)
         reward, logit = self.reward_termination(obs, action, next_obs)
-        pred = Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit)
+        contacts = self.contact_logits(obs, action, next_obs)
+        pred = Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit, contacts=contacts)
         return {"obs": next_obs}, pred
 
     # ----------------------------------------------------------------------------- training
@@ -138,8 +139,8 @@ class ProbabilisticEnsemble(StateDeltaModel):
     def _forecast(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The forecast positions of a window batch as flat transitions (B * N, ...)."""
         M = int(batch["history"])
-        keys = ("obs", "action", "next_obs", "reward", "terminated", "valid")
-        return {k: batch[k][:, M:].flatten(0, 1) for k in keys}
+        keys = ("obs", "action", "next_obs", "reward", "terminated", "valid", "contacts")
+        return {k: batch[k][:, M:].flatten(0, 1) for k in keys if k in batch}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Gaussian NLL of every member on its bootstrap of the batch's valid forecast
@@ -157,7 +158,8 @@ class ProbabilisticEnsemble(StateDeltaModel):
         bound_penalty = 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
         norm = self.obs_normalizer.normalize
         heads = self.heads.loss(
-            norm(tr["obs"]), self._scale(tr["action"]), norm(tr["next_obs"]), tr["reward"], tr["terminated"], tr["valid"]
+            norm(tr["obs"]), self._scale(tr["action"]), norm(tr["next_obs"]), tr["reward"], tr["terminated"], tr["valid"],
+            tr.get("contacts"),
         )
         loss = nll + bound_penalty + heads.pop("heads_loss")
         return {"loss": loss, "dynamics_nll": nll, "dynamics_mse": mse, **heads}

@@ -17,22 +17,18 @@ class StateDeltaModel(WorldModel):
     dynamics network.
     """
 
-    act_mid: torch.Tensor
-    act_half: torch.Tensor
-
     def _init_state_delta(self, spec: ModelSpec, learn_reward: bool, learn_termination: bool) -> None:
         self.spec = spec
         self.has_reward_head, self.has_termination_head = learn_reward, learn_termination
-        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
-        self.register_buffer("act_mid", (high + low) / 2)
-        self.register_buffer("act_half", ((high - low) / 2).clamp_min(1e-6))
+        self.action_normalizer = Normalizer(spec.action_dim)
         self.obs_normalizer = Normalizer(spec.obs_dim)
         self.delta_normalizer = Normalizer(spec.obs_dim)
-        self.heads = TransitionHeads(spec.obs_dim, spec.action_dim, learn_reward, learn_termination)
+        self.heads = TransitionHeads(spec.obs_dim, spec.action_dim, learn_reward, learn_termination, contacts=spec.contact_dim)
 
     def _scale(self, action: torch.Tensor) -> torch.Tensor:
-        """action (..., A) env units -> [-1, 1] over the spec's bounds."""
-        return (action - self.act_mid) / self.act_half
+        """action (..., A) env units -> normalized by the data's action statistics (a wide
+        action box, e.g. legged tasks' ±10, would otherwise squeeze real actions near 0)."""
+        return self.action_normalizer.normalize(action)
 
     def reward_termination(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor
@@ -44,7 +40,13 @@ class StateDeltaModel(WorldModel):
         norm = self.obs_normalizer.normalize
         return self.heads(norm(obs), self._scale(action), norm(next_obs))
 
+    def contact_logits(self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor | None:
+        """Contact logits (B, C) of ``next_obs`` from the contact head (None when ``spec.contact_dim`` = 0)."""
+        norm = self.obs_normalizer.normalize
+        return self.heads.contacts(norm(obs), self._scale(action), norm(next_obs))
+
     def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
         self.obs_normalizer.fit(data["obs"])
+        self.action_normalizer.fit(data["action"])
         self.delta_normalizer.fit(data["next_obs"] - data["obs"])
         self.heads.fit(data["reward"], data.get("terminated", torch.zeros_like(data["reward"], dtype=torch.bool)))

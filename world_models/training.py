@@ -58,8 +58,10 @@ def train_world_model(
     cfg: WorldModelTrainConfig,
     log_dir: str | None = None,
     progress: bool = True,
+    fit_normalizers: bool = True,
 ) -> dict[str, float]:
-    """Fit normalizers on ``train``, then train ``model.loss`` on (history, forecast) windows
+    """Fit normalizers on ``train`` (unless ``fit_normalizers`` is False: a warm-started
+    model keeps the statistics its weights were trained with), then train ``model.loss`` on (history, forecast) windows
     (``model.spec.history`` / ``forecast``) with Adam, keeping the weights of the best
     validation loss. An ensemble with ``select_elites`` picks its elites on validation.
 
@@ -75,7 +77,8 @@ def train_world_model(
     model.to(device)
     train = {k: v.to(device) for k, v in train.items()}
     val = {k: v.to(device) for k, v in val.items()}
-    model.fit_normalizers(train)
+    if fit_normalizers:
+        model.fit_normalizers(train)
     spec = model.spec
     sampler = WindowSampler(train, spec.history, spec.forecast, seed=cfg.seed)
     val_sampler = WindowSampler(val, spec.history, spec.forecast, seed=cfg.seed + 1)

@@ -198,6 +198,26 @@ class LeggedVelocityVecEnv(gym.vector.VectorEnv):
             obs = self._observations(self.state)
         return obs.to(self.device), reward.to(self.device), terminated.to(self.device), truncated.to(self.device), info
 
+    @property
+    def reward_terms(self) -> dict[str, tuple[Any, float, dict[str, Any]]]:
+        """Reward terms resolved for this robot: name -> (function, weight, params with joint ids)."""
+        return self._rewards
+
+    @property
+    def termination_terms(self) -> dict[str, tuple[Any, float, dict[str, Any]]]:
+        """Termination terms resolved for this robot, as :attr:`reward_terms`."""
+        return self._terminations
+
+    @property
+    def default_joint_pos(self) -> torch.Tensor:
+        """(J,) default joint positions, rad."""
+        return self._default
+
+    @property
+    def joint_pos_limits(self) -> torch.Tensor:
+        """(J, 2) soft joint position limits, rad."""
+        return self._joint_limits
+
     def state_vector(self, s: mdp.LeggedState | None = None) -> torch.Tensor:
         """The privileged world-model state (N, P) laid out as :attr:`state_layout`."""
         s = s or self.state

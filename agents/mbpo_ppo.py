@@ -1,0 +1,211 @@
+"""MBPO-PPO (Robotic World Model, arXiv 2501.10100, Algorithm 1) and its offline MOPO-PPO variant.
+
+One outer iteration:
+
+1. **collect**: run the current policy (deterministic mean + Gaussian noise of
+   ``collect_noise``) on ``collect_envs`` MuJoCo robots for ``steps_per_iteration`` real
+   steps and add them to the dataset (skipped offline);
+2. **model update**: train the world model (warm start, normalizers fixed after the first
+   fit) for up to ``model_train_steps`` gradient steps on the whole dataset;
+3. **policy update**: ``ppo_iterations`` rsl-rl PPO iterations inside imagination
+   (:class:`~wam_env.legged.ImaginedLeggedVecEnv`, ``num_envs`` imagined robots,
+   ``ppo.num_steps_per_env`` imagined steps each), one ``OnPolicyRunner`` kept across
+   iterations;
+4. **exploitation guard**: the deterministic policy is run for ``guard_steps`` steps on
+   ``guard_envs`` MuJoCo robots and in imagination from real start states; the mean reward
+   per step of both is logged (``MBPO/real_reward``, ``MBPO/imagined_reward``). The policy
+   with the best real reward is kept; when the imagined reward exceeds the real one by more
+   than ``guard_gap`` (relative, with a floor) for ``guard_patience`` iterations in a row the
+   loop stops and returns the best policy (roll back).
+
+Offline (MOPO-PPO, RWM-U): ``offline=True`` collects nothing after the initial dataset and
+penalizes the imagined reward by ``lambda * u`` with u the ensemble disagreement. lambda is
+scaled to the reward: ``lambda = uncertainty_penalty * mean|r| / mean(u)`` measured on an
+imagined rollout of the current policy each iteration, so ``uncertainty_penalty`` is the
+penalty's share of the reward scale (a fixed lambda swamped the reward in the reproduction).
+
+Real samples are counted: ``real_steps`` (collection: what trains the model) and
+``guard_real_steps`` (evaluation only) are reported separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rsl_rl.runners import OnPolicyRunner
+
+from agents.policy import MLPPolicy
+from agents.ppo_rsl_rl import RslRlPPOConfig
+from tasks.locomotion.collect import collect_legged
+from wam_env.legged import ImaginedLeggedVecEnv
+from wam_env.rsl_rl import RslRlVecEnvAdapter
+from world_models.base import WorldModel
+from world_models.data import split_episodes, to_torch
+from world_models.training import WorldModelTrainConfig, train_world_model
+
+
+@dataclass
+class MbpoPPOConfig:
+    """Every MBPO-PPO hyperparameter (RWM Table S11 defaults where the paper gives them)."""
+
+    iterations: int = 10  # outer iterations (collect -> model -> policy -> guard)
+    steps_per_iteration: int = 20_000  # real steps collected per iteration with the policy
+    collect_envs: int = 64  # MuJoCo robots stepped together while collecting
+    collect_noise: float = 0.3  # Gaussian action noise (action units) while collecting
+    model_train_steps: int = 400  # world-model gradient steps per iteration (warm start)
+    model_batch_size: int = 256
+    model_learning_rate: float = 5e-4
+    ppo_iterations: int = 20  # rsl-rl iterations in imagination per outer iteration
+    num_envs: int = 4096  # imagined robots (RWM: 4096)
+    sample: bool = True  # sample the model's predictive distribution in imagination
+    offline: bool = False  # MOPO-PPO: no collection after the initial dataset
+    uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
+    guard_envs: int = 32  # MuJoCo robots in the per-iteration real check
+    guard_steps: int = 250  # steps of that check (5 s)
+    guard_gap: float = 0.5  # stop when imagined reward > real reward + guard_gap * max(|real|, 0.01)...
+    guard_patience: int = 2  # ...this many iterations in a row
+    val_fraction: float = 0.1
+    ppo: dict[str, Any] = field(default_factory=dict)  # agents.ppo_rsl_rl.RslRlPPOConfig fields
+    seed: int = 0
+    device: str = "cpu"
+
+
+def _rsl_rl_cfg(cfg: MbpoPPOConfig) -> RslRlPPOConfig:
+    return RslRlPPOConfig(**{**cfg.ppo, "seed": cfg.seed, "device": cfg.device})
+
+
+@torch.no_grad()
+def imagined_reward(env: ImaginedLeggedVecEnv, policy: MLPPolicy, steps: int, seed: int) -> dict[str, float]:
+    """Mean reward per step, termination rate per step and mean uncertainty of ``policy``
+    (deterministic) over ``steps`` imagined steps of every env of ``env``, from fresh starts."""
+    obs, _ = env.reset(seed=seed)
+    limit = env.cfg.action_limit
+    rewards, terms, unc = [], [], []
+    for _ in range(steps):
+        obs, r, term, _, info = env.step(policy.act(obs).clamp(-limit, limit))
+        rewards.append(r)
+        terms.append(term.float())
+        unc.append(info["uncertainty"])
+    r = torch.stack(rewards)
+    return {"reward": float(r.mean()), "abs_reward": float(r.abs().mean()), "termination_rate": float(torch.stack(terms).mean()),
+            "uncertainty": float(torch.stack(unc).mean())}
+
+
+def real_reward(task: str, policy: MLPPolicy, envs: int, steps: int, seed: int) -> dict[str, float]:
+    """Mean reward per step and termination rate per step of ``policy`` (deterministic) on MuJoCo."""
+    data = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
+    return {"reward": float(data["reward"].mean()), "termination_rate": float(data["terminated"].mean()), "steps": len(data["reward"])}
+
+
+def train(
+    task: str,
+    model: WorldModel,
+    data: dict[str, np.ndarray],
+    cfg: MbpoPPOConfig,
+    model_train: WorldModelTrainConfig,
+    append: Callable[[dict[str, np.ndarray]], None] | None = None,
+    log_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[MLPPolicy, dict[str, Any]]:
+    """Run MBPO-PPO from the real ``data`` (flat legged transitions, e.g. perturbed default-pose
+    collection) and a world ``model`` already trained on it.
+
+    Args:
+        task: ``anymal_c_flat`` / ``g1_flat``.
+        model: legged world model (trained on ``data``; its normalizers stay fixed).
+        data: real transitions (``tasks.locomotion.collect`` fields); grows with each collection.
+        cfg / model_train: loop and world-model training hyperparameters.
+        append: called with every new real batch (e.g. ``TransitionStore.append``).
+        log_dir: TensorBoard (``MBPO/*`` scalars, rsl-rl's own under ``ppo/``).
+
+    Returns the policy with the best real reward and a history dict (per iteration: real
+    steps, real / imagined reward per step, termination rates, model validation loss, wall time).
+    """
+    torch.manual_seed(cfg.seed)
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir)
+    ppo_cfg = _rsl_rl_cfg(cfg)
+    env = ImaginedLeggedVecEnv(cfg.num_envs, model=model, task=task, start_data=data, device=cfg.device, sample=cfg.sample)
+    adapter = RslRlVecEnvAdapter(env, seed=cfg.seed)
+    quiet = (lambda: contextlib.nullcontext()) if progress else (lambda: contextlib.redirect_stdout(io.StringIO()))
+    with quiet():
+        runner = OnPolicyRunner(adapter, copy.deepcopy(ppo_cfg.train_cfg()), None if log_dir is None else str(Path(log_dir) / "ppo"), cfg.device)
+    history: dict[str, list[float]] = {k: [] for k in (
+        "iteration", "real_steps", "real_reward", "imagined_reward", "real_termination_rate", "imagined_termination_rate",
+        "model_val_loss", "uncertainty_lambda", "wall_time")}
+    best = (-np.inf, None)
+    real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
+    for it in range(cfg.iterations):
+        # 1. collect with the current policy (the first iteration uses the data it was given)
+        if it > 0 and not cfg.offline:
+            policy = MLPPolicy.from_rsl_rl(runner).cpu()
+            new = collect_legged(task, policy.act, cfg.steps_per_iteration, num_envs=cfg.collect_envs, seed=cfg.seed + 1000 * it,
+                                 action_noise=cfg.collect_noise, progress=progress)
+            new["episode"] = new["episode"] + int(data["episode"].max()) + 1
+            data = {k: np.concatenate([data[k], new[k]]) for k in data}
+            real_steps += len(new["reward"])
+            if append is not None:
+                append(new)
+            # 2. model update on all data, warm start
+            train_split, val_split = split_episodes(data, cfg.val_fraction, seed=cfg.seed + it)
+            metrics = train_world_model(
+                model, to_torch(train_split, cfg.device), to_torch(val_split, cfg.device),
+                WorldModelTrainConfig(**{**model_train.__dict__, "max_steps": cfg.model_train_steps, "batch_size": cfg.model_batch_size,
+                                         "learning_rate": cfg.model_learning_rate, "seed": cfg.seed + it, "device": cfg.device}),
+                progress=progress, fit_normalizers=False,
+            )
+            env.set_start_data(data)
+            val_loss = metrics["val_loss"]
+        else:
+            val_loss = float("nan")
+        # 3. PPO in imagination (MOPO's lambda scaled to this iteration's reward and uncertainty)
+        policy = MLPPolicy.from_rsl_rl(runner).cpu()
+        lam = 0.0
+        if cfg.uncertainty_penalty > 0:
+            env.uncertainty_penalty = 0.0
+            probe = imagined_reward(env, policy, 24, seed=cfg.seed + it)
+            lam = cfg.uncertainty_penalty * probe["abs_reward"] / max(probe["uncertainty"], 1e-8)
+            env.uncertainty_penalty = lam
+        env.reset(seed=cfg.seed + it)
+        with quiet():
+            runner.learn(cfg.ppo_iterations, init_at_random_ep_len=ppo_cfg.init_at_random_ep_len and it == 0)
+        # 4. exploitation guard: the same deterministic policy in imagination and on MuJoCo
+        policy = MLPPolicy.from_rsl_rl(runner).cpu()
+        penalty, env.uncertainty_penalty = env.uncertainty_penalty, 0.0
+        imag = imagined_reward(env, policy, cfg.guard_steps, seed=cfg.seed + 500 + it)
+        env.uncertainty_penalty = penalty
+        real = real_reward(task, policy, cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700 + it)
+        guard_real_steps += real["steps"]
+        for k, v in (("iteration", it), ("real_steps", real_steps), ("real_reward", real["reward"]), ("imagined_reward", imag["reward"]),
+                     ("real_termination_rate", real["termination_rate"]), ("imagined_termination_rate", imag["termination_rate"]),
+                     ("model_val_loss", val_loss), ("uncertainty_lambda", lam), ("wall_time", time.perf_counter() - t0)):
+            history[k].append(float(v))
+            if writer is not None and k != "iteration":
+                writer.add_scalar(f"MBPO/{k}", float(v), it)
+        if progress:
+            print(f"[mbpo-ppo] it {it}: real steps {real_steps}, reward/step real {real['reward']:.4f} imagined {imag['reward']:.4f}, "
+                  f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
+        if real["reward"] > best[0]:
+            best = (real["reward"], copy.deepcopy(policy))
+        gap = imag["reward"] - real["reward"]
+        strikes = strikes + 1 if gap > cfg.guard_gap * max(abs(real["reward"]), 0.01) else 0
+        if strikes >= cfg.guard_patience:
+            if progress:
+                print(f"[mbpo-ppo] imagined and real rewards diverged for {strikes} iterations: stopping, best policy kept")
+            history["stopped_by_guard"] = [float(it)]
+            break
+    if writer is not None:
+        writer.close()
+    history["guard_real_steps"] = [float(guard_real_steps)]
+    return best[1], history
