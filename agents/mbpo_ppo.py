@@ -70,8 +70,8 @@ class MbpoPPOConfig:
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
     guard_envs: int = 32  # MuJoCo robots in the per-iteration real check
     guard_steps: int = 250  # steps of that check (5 s)
-    guard_gap: float = 0.5  # stop when imagined reward > real reward + guard_gap * max(|real|, 0.01)...
-    guard_patience: int = 2  # ...this many iterations in a row
+    guard_gap: float = 1.0  # stop when imagined reward > real reward + guard_gap * max(|real|, 0.01)...
+    guard_patience: int = 3  # ...this many iterations in a row
     val_fraction: float = 0.1
     ppo: dict[str, Any] = field(default_factory=dict)  # agents.ppo_rsl_rl.RslRlPPOConfig fields
     seed: int = 0

@@ -1,0 +1,183 @@
+"""Legged world models (RWM on ANYmal C): data with contacts, contact heads, the imagined
+legged env (same terms as MuJoCo), MBPO-PPO through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import wam_env  # noqa: F401  (registers wam/AnymalC-Flat-Imagined-v0)
+from tasks.locomotion.collect import collect_legged, legged_dataset_meta
+from tasks.locomotion.registry import env_cfg
+from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
+from wam.cli import main
+from wam_env.legged import ImaginedLeggedVecEnv
+from world_models import build_model, save_checkpoint
+from world_models.base import Carry, ModelSpec, Prediction, WorldModel
+from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
+from world_models.training import WorldModelTrainConfig, train_world_model
+
+TASK = "anymal_c_flat"
+
+
+@pytest.fixture(scope="module")
+def anymal_data() -> dict[str, np.ndarray]:
+    """6,400 perturbed default-pose ANYmal C transitions (64 robots, noise 0.5)."""
+    return collect_legged(TASK, None, 6400, num_envs=64, seed=0, action_noise=0.5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def anymal_model(anymal_data, tmp_path_factory):
+    """A small RWM GRU with contact heads trained briefly on ``anymal_data``, saved as a checkpoint."""
+    meta = legged_dataset_meta(TASK)
+    train, val = split_episodes(anymal_data, 0.1)
+    spec = model_spec_from_data(meta, train, history=8, forecast=4, dt=0.02)
+    torch.manual_seed(0)
+    model = build_model("rwm_gru", spec, hidden=64, head_hidden=64, ensemble=3, learn_reward=False)
+    metrics = train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(max_steps=150, eval_every=50), progress=False)
+    path = tmp_path_factory.mktemp("rwm") / "world_model"
+    start = {f"start/{k}": torch.as_tensor(anymal_data[k]) for k in ("obs", "action", "episode")}
+    save_checkpoint(model, path, extra={"task": TASK}, tensors=start)
+    return model, path, metrics
+
+
+def test_collected_state_matches_the_layout_and_contacts_are_stored(anymal_data, tmp_path):
+    meta = legged_dataset_meta(TASK)
+    assert meta["obs_dim"] == 46 and meta["action_dim"] == 12 and meta["contact_dim"] == 8
+    assert len(meta["obs_names"]) == 46 and meta["obs_names"][-1] == "base_height"
+    assert anymal_data["obs"].shape == (6400, 46) and anymal_data["contacts"].shape == (6400, 8)
+    height = anymal_data["next_obs"][:, -1]
+    assert 0.3 < float(np.median(height)) < 0.7  # base height in m
+    assert anymal_data["contacts"][:, :4].mean() > 0.5  # feet mostly on the ground
+    store = TransitionStore(tmp_path / "d", meta)
+    store.append(anymal_data)
+    back = store.load()
+    np.testing.assert_array_equal(back["contacts"].sum(), anymal_data["contacts"].sum())
+    missing = {k: v for k, v in anymal_data.items() if k != "contacts"}
+    with pytest.raises(DatasetError, match="contacts"):
+        store.append(missing)
+    with pytest.raises(DatasetError, match="contact_dim"):
+        TransitionStore(tmp_path / "d", {**meta, "contact_dim": 3})
+
+
+def test_contact_and_termination_heads_learn(anymal_model):
+    model, _, metrics = anymal_model
+    assert model.spec.contact_dim == 8
+    assert metrics["val_contact_bce"] < 0.3  # log(2) = 0.69 for a coin flip
+    carry = {"obs": torch.zeros(5, 46), "h": torch.zeros(5, 2, 64)}
+    _, pred = model.imagine(carry, torch.zeros(5, 12))
+    assert pred.contacts.shape == (5, 8) and pred.termination_logit.shape == (5,)
+
+
+def test_imagined_legged_env_speaks_the_real_interface(anymal_model):
+    _, path, _ = anymal_model
+    venv = gym.make_vec("wam/AnymalC-Flat-Imagined-v0", num_envs=16, model=str(path))
+    real = LeggedVelocityVecEnv(env_cfg(TASK), num_envs=1, num_threads=1)
+    assert venv.single_observation_space == real.single_observation_space
+    assert venv.single_action_space == real.single_action_space
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (16, 48) and obs.dtype == torch.float32
+    np.testing.assert_allclose(obs[:, 6:9].norm(dim=1).numpy(), 1.0, atol=0.05)  # projected gravity, real start states
+    ended = 0
+    for _ in range(60):
+        obs, reward, terminated, truncated, info = venv.step(torch.zeros(16, 12))
+        assert torch.isfinite(obs).all() and torch.isfinite(reward).all()
+        assert info["state"].shape == (16, 46) and info["uncertainty"].shape == (16,)
+        ended += int((terminated | truncated).sum())
+    assert venv.episode_length_buf.max() <= 60
+    with pytest.raises(ValueError, match="shape"):
+        venv.step(torch.zeros(16, 11))
+    with pytest.raises(ValueError, match="action space"):
+        venv.step(torch.full((16, 12), 11.0))
+    check_env(gym.make("wam/AnymalC-Flat-Imagined-v0", model=str(path)).unwrapped, skip_render_check=True)
+
+
+def test_a_model_of_another_task_is_refused(pendulum_transitions, tmp_path):
+    from tasks.collect import dataset_meta
+    from tasks import get_task
+
+    meta = dataset_meta(get_task("pendulum"))
+    spec = model_spec_from_data(meta, pendulum_transitions, history=4, forecast=2)
+    model = build_model("rwm_gru", spec, hidden=16, head_hidden=16, ensemble=2)
+    with pytest.raises(ValueError, match="anymal_c_flat"):
+        ImaginedLeggedVecEnv(4, model=model, task=TASK, start_data=pendulum_transitions)
+
+
+class ReplayModel(WorldModel):
+    """A 'perfect' world model: replays one recorded real episode (states, contacts)."""
+
+    def __init__(self, spec: ModelSpec, next_states: torch.Tensor, contacts: torch.Tensor):
+        super().__init__()
+        self.spec = spec
+        self.has_termination_head = True
+        self.next_states, self.contacts = next_states, contacts
+        self.t = 0
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def initial(self, batch: int) -> Carry:
+        return {"obs": torch.zeros(batch, self.spec.obs_dim)}
+
+    def observe(self, carry, obs, prev_action, is_first):
+        self.t = 0
+        return {"obs": obs}
+
+    def imagine(self, carry, action, *, sample=True, generator=None):
+        nxt, c = self.next_states[self.t][None], self.contacts[self.t][None]
+        self.t += 1
+        pred = Prediction(obs=nxt, uncertainty=torch.zeros(1), termination_logit=torch.full((1,), -10.0), contacts=(c.float() * 20 - 10))
+        return {"obs": nxt}, pred
+
+
+def test_imagined_rewards_are_the_tasks_terms_on_the_predicted_state():
+    """A model that predicts the true next states and contacts earns the MuJoCo env's rewards."""
+    cfg = env_cfg(TASK)
+    cmd = dataclasses.replace(cfg.commands, lin_vel_x=(0.6, 0.6), lin_vel_y=(0.0, 0.0), ang_vel_z=(0.2, 0.2), heading_command=False,
+                              rel_standing_envs=0.0)
+    cfg = dataclasses.replace(cfg, commands=cmd)
+    real = LeggedVelocityVecEnv(cfg, num_envs=1, num_threads=1)
+    real.reset(seed=3)
+    s0 = real.state_vector()[:, :46].clone()
+    gen = torch.Generator().manual_seed(0)
+    actions = 0.4 * torch.randn(100, 1, 12, generator=gen)
+    states, contacts = [], []
+    for a in actions:
+        _, _, term, trunc, info = real.step(a)
+        assert not (term | trunc).any()
+        states.append(info["state"][0, :46])
+        contacts.append(info["state"][0, 46:] > 0.5)
+    spec = ModelSpec(46, 12, (-10.0,) * 12, (10.0,) * 12, history=0, forecast=1, dt=0.02, contact_dim=8)
+    model = ReplayModel(spec, torch.stack(states), torch.stack(contacts))
+    imag = ImaginedLeggedVecEnv(1, model=model, task=TASK, cfg=cfg,
+                                start_data={"obs": s0, "action": torch.zeros(1, 12), "episode": torch.zeros(1, dtype=torch.long)})
+    imag.reset(seed=0)
+    for a in actions:
+        imag.step(a)
+    for term, real_sum in real.episode_sums.items():
+        imag_sum = float(imag.episode_sums[term][0])
+        if term == "dof_acc_l2":  # MuJoCo's last-substep qacc vs the finite difference over a 20 ms policy step
+            assert 0.2 < imag_sum / float(real_sum[0]) < 1.0
+        else:
+            assert imag_sum == pytest.approx(float(real_sum[0]), rel=1e-4, abs=1e-6), term
+    assert float(real.episode_sums["track_lin_vel_xy_exp"][0]) > 0.1 and float(real.episode_sums["feet_air_time"][0]) != 0.0
+
+
+def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path):
+    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
+    assert main(["collect", *r, "steps=2000", "collect.num_envs=32"]) == 0
+    assert main(["train-model", *r, "model.params.hidden=32", "model.params.head_hidden=32", "model.params.ensemble=2", "model.history=8",
+                 "model.forecast=4", "model.train.max_steps=20", "model.train.eval_every=10"]) == 0
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.steps_per_iteration=640",
+                 "agent.params.model_train_steps=10", "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=8",
+                 "agent.params.guard_steps=10", "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.1"]) == 0
+    history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    assert history["real_steps"] == [2016.0, 2656.0]  # 2000 rounded up to 32 robots, then + 640
+    assert len(history["imagined_reward"]) == 2 and history["uncertainty_lambda"][0] > 0
+    assert len(TransitionStore(tmp_path / "data")) == 2656  # the new real batch was appended
+    assert main(["evaluate", *r, f"policy={tmp_path / 'policy'}", "evaluate.episodes=4"]) == 0
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
