@@ -1,0 +1,220 @@
+"""RWM on ANYmal C: prediction error vs horizon, imagination throughput, policy evaluation.
+
+    .venv/bin/python benchmarks/legged_world_model.py prediction --policy runs/anymal_ppo/policy
+    .venv/bin/python benchmarks/legged_world_model.py throughput --model runs/anymal_rwm/world_model
+    .venv/bin/python benchmarks/legged_world_model.py policy-eval --model runs/anymal_rwm/world_model \
+        --checkpoints runs/anymal_ppo/tb/policy runs/anymal_ppo_kp80_noclip/tb/policy
+
+- ``prediction``: trains, with equal gradient steps and batch, the dual-autoregressive GRU
+  (N = 8), the same GRU teacher-forced (N = 1) and the MLP ensemble on a data mixture
+  (default pose + action noise 0.5, plus ``--policy`` with noise 0.3), then measures the
+  open-loop RMSE (history 32, real actions, mean prediction) per horizon on held-out
+  episodes of the policy with noise 0.1, in obs-normalizer units; zero-delta baseline.
+- ``throughput``: ``ImaginedLeggedVecEnv`` env-steps/s at 4096 envs with the full RWM model
+  (2 x 256 GRU, 5 heads, contact and termination heads, the task's reward terms) vs the MuJoCo
+  ANYmal C env at 512 envs on all cores, in the same run; FLOP utilisation against a
+  2048^2 fp32 matmul.
+- ``policy-eval``: for every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
+  deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
+  distribution, 64 robots, 5 s from reset), their Pearson correlation, the termination
+  rates of both, and the termination head's precision / recall on the real transitions.
+
+Results go to ``runs/benchmarks/legged_<part>.json``; tables are printed as in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prediction_error import ZeroDelta
+
+from agents.policy import MLPPolicy
+from tasks.locomotion.collect import collect_legged, legged_dataset_meta
+from tasks.locomotion.registry import env_cfg
+from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
+from wam_env.legged import ImaginedLeggedVecEnv
+from world_models import build_model, open_loop_error, train_world_model
+from world_models.checkpoint import load_checkpoint
+from world_models.data import model_spec_from_data, split_episodes, to_torch
+from world_models.heads import termination_metrics
+from world_models.training import WorldModelTrainConfig
+
+TASK = "anymal_c_flat"
+HORIZONS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def timed_rate(fn, seconds: float, per_call: int) -> float:
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n * per_call / (time.perf_counter() - t0)
+
+
+def _merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out, offset = {k: [] for k in parts[0]}, 0
+    for p in parts:
+        for k in out:
+            out[k].append(p[k] + offset if k == "episode" else p[k])
+        offset += int(p["episode"].max()) + 1
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------ prediction
+
+
+def prediction(policy: Path | None, steps: int, hidden: int, seed: int) -> dict[str, Any]:
+    act = MLPPolicy.load(policy).act if policy else None
+    parts = [collect_legged(TASK, None, 100_000, num_envs=100, seed=seed, action_noise=0.5, progress=False)]
+    if act is not None:
+        parts.append(collect_legged(TASK, act, 50_000, num_envs=50, seed=seed + 1, action_noise=0.3, progress=False))
+    data = _merge(*parts)
+    test = to_torch(collect_legged(TASK, act, 32 * 500, num_envs=32, seed=seed + 99, action_noise=0.1, progress=False))
+    meta = legged_dataset_meta(TASK)
+    train, val = split_episodes(data, 0.1, seed=seed)
+    runs = {"rwm_gru N=8": ("rwm_gru", 32, 8), "rwm_gru N=1 (teacher forced)": ("rwm_gru", 32, 1), "mlp_ensemble": ("mlp_ensemble", 0, 1)}
+    cfg = WorldModelTrainConfig(batch_size=256, max_steps=steps, eval_every=100, seed=seed)
+    result: dict[str, Any] = {"models": {}, "train_transitions": len(train["reward"]), "test_transitions": int(test["reward"].shape[0])}
+    model = None
+    for label, (name, history, forecast) in runs.items():
+        spec = model_spec_from_data(meta, train, history, forecast, dt=0.02)
+        torch.manual_seed(seed)
+        params = {"hidden": hidden, "learn_reward": False} if name == "rwm_gru" else {"learn_reward": False}
+        model = build_model(name, spec, **params)
+        metrics = train_world_model(model, to_torch(train), to_torch(val), cfg, progress=False)
+        rmse = open_loop_error(model, test, history=32, horizon=64, num_windows=512, seed=seed)
+        result["models"][label] = {**metrics, "rmse": rmse.tolist(), "config": model.config()}
+        print(f"{label}: " + ", ".join(f"h={h} {rmse[h - 1]:.3f}" for h in HORIZONS) + f" ({metrics['train_seconds']:.0f} s)")
+    result["zero_delta_rmse"] = open_loop_error(ZeroDelta(model), test, history=32, horizon=64, num_windows=512, seed=seed).tolist()
+    return result
+
+
+# ------------------------------------------------------------------------------------ throughput
+
+
+def throughput(model_path: Path | None, seconds: float) -> dict[str, Any]:
+    data = collect_legged(TASK, None, 20_000, num_envs=64, seed=0, action_noise=0.5, progress=False)
+    if model_path is not None:
+        trained, _, _ = load_checkpoint(model_path)
+    meta = legged_dataset_meta(TASK)
+    spec = model_spec_from_data(meta, data, 32, 8, dt=0.02)
+    model = build_model("rwm_gru", spec, hidden=256, layers=2, ensemble=5, learn_reward=False)  # RWM's full size
+    if model_path is not None and trained.config()["hidden"] == 256:
+        model = trained
+    else:
+        train, val = split_episodes(data, 0.1)
+        train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(max_steps=100, eval_every=50), progress=False)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_gflops": timed_rate(lambda: torch.mm(a, b), seconds, 2 * 2048**3) / 1e9}
+    real = LeggedVelocityVecEnv(env_cfg(TASK), num_envs=512)
+    real.reset(seed=0)
+    g = torch.Generator().manual_seed(0)
+    real_actions = 0.3 * torch.randn(512, 12, generator=g)
+    result["mujoco_512_steps_per_s"] = timed_rate(lambda: real.step(real_actions), seconds, 512)
+    real.close()
+    for n in (256, 4096):
+        env = ImaginedLeggedVecEnv(n, model=model, task=TASK, start_data=data)
+        env.reset(seed=0)
+        actions = 0.3 * torch.randn(n, 12, generator=g)
+        rate = timed_rate(lambda: env.step(actions), seconds, n)
+        carry = {k: v.clone() for k, v in env.carry.items()}
+        with torch.no_grad():
+            bare = timed_rate(lambda: model.imagine(carry, actions), seconds, n)
+        flops = float(model.flops_per_step())
+        result[f"imagined_{n}"] = {"env_steps_per_s": rate, "bare_model_steps_per_s": bare, "x_mujoco": rate / result["mujoco_512_steps_per_s"],
+                                   "utilisation_env": flops * rate / (result["matmul_gflops"] * 1e9),
+                                   "utilisation_bare_model": flops * bare / (result["matmul_gflops"] * 1e9)}
+        print(f"{n} imagined envs: {rate:,.0f} env-steps/s ({rate / result['mujoco_512_steps_per_s']:.2f}x MuJoCo), bare model {bare:,.0f}/s")
+    result["flops_per_step"] = float(model.flops_per_step())
+    print(f"MuJoCo ANYmal C, 512 envs: {result['mujoco_512_steps_per_s']:,.0f} env-steps/s; matmul {result['matmul_gflops']:.0f} GFLOP/s; "
+          f"model {result['flops_per_step'] / 1e6:.2f} MFLOP/step")
+    return result
+
+
+# ------------------------------------------------------------------------------------ policy evaluation
+
+
+def load_rsl_rl_policy(path: Path, env: ImaginedLeggedVecEnv, actor_hidden: tuple[int, ...] = (128, 128, 128)) -> MLPPolicy:
+    """An rsl-rl ``model_<it>.pt`` (Isaac Lab's ANYmal runner layout) as an :class:`MLPPolicy`."""
+    from rsl_rl.runners import OnPolicyRunner
+
+    from agents.ppo_rsl_rl import RslRlPPOConfig
+    from wam_env.rsl_rl import RslRlVecEnvAdapter
+
+    cfg = RslRlPPOConfig(actor_hidden_dims=actor_hidden, critic_hidden_dims=actor_hidden, obs_normalization=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        runner = OnPolicyRunner(RslRlVecEnvAdapter(env), cfg.train_cfg(), None, "cpu")
+        runner.load(str(path), load_cfg={"actor": True, "critic": False, "optimizer": False, "iteration": False})
+    return MLPPolicy.from_rsl_rl(runner).cpu()
+
+
+def policy_eval(model_path: Path, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int) -> dict[str, Any]:
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=TASK)
+    files = sorted((p for d in checkpoint_dirs for p in d.glob("model_*.pt")), key=lambda p: (str(p.parent), int(p.stem.split("_")[1])))
+    model = imag.model
+    rows = []
+    all_logits, all_terms = [], []
+    for f in files:
+        policy = load_rsl_rl_policy(f, imag)
+        obs, _ = imag.reset(seed=seed)
+        r_imag, t_imag = [], []
+        for _ in range(steps):
+            obs, r, term, _, _ = imag.step(policy.act(obs).clamp(-10, 10))
+            r_imag.append(r)
+            t_imag.append(term.float())
+        real = collect_legged(TASK, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
+        with torch.no_grad():
+            _, logit = model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
+        all_logits.append(logit)
+        all_terms.append(torch.as_tensor(real["terminated"]))
+        row = {"checkpoint": str(f), "imagined_reward": float(torch.stack(r_imag).mean()), "real_reward": float(real["reward"].mean()),
+               "imagined_termination_rate": float(torch.stack(t_imag).mean()), "real_termination_rate": float(real["terminated"].mean())}
+        rows.append(row)
+        print(f"{f}: reward/step imagined {row['imagined_reward']:.4f} real {row['real_reward']:.4f}; "
+              f"terminations/step imagined {row['imagined_termination_rate']:.4f} real {row['real_termination_rate']:.4f}")
+    im, re = np.array([r["imagined_reward"] for r in rows]), np.array([r["real_reward"] for r in rows])
+    tm = termination_metrics(torch.cat(all_logits), torch.cat(all_terms))
+    out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm,
+           "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])),
+           "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps}
+    print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
+          f"precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval"))
+    parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
+    parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files")
+    parser.add_argument("--steps", type=int, default=1000, help="prediction: gradient steps per model")
+    parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.part == "prediction":
+        result = prediction(args.policy, args.steps, args.hidden, args.seed)
+    elif args.part == "throughput":
+        result = throughput(args.model, args.seconds)
+    else:
+        if args.model is None or not args.checkpoints:
+            parser.error("policy-eval needs --model and --checkpoints")
+        result = policy_eval(args.model, args.checkpoints, 64, 250, args.seed)
+    out = Path("runs/benchmarks") / f"legged_{args.part.replace('-', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
