@@ -16,8 +16,8 @@ Per step, for every env at once:
    contact, above the terms' 1 N threshold); foot velocities are not predicted (zero, so
    ``feet_slide`` scores 0 in imagination);
 3. the task's own reward terms score it (weight x step dt, as on MuJoCo), and it terminates
-   where the learned termination head fires or where a termination term that reads the
-   predicted state (``bad_orientation``) does;
+   where the calibrated termination head says so (a Bernoulli draw of its probability) or
+   where a termination term that reads the predicted state (``bad_orientation``) does;
 4. the policy observation is assembled from the predicted state as the real task does.
 
 Commands are resampled as ``CommandCfg`` says; heading commands use the yaw integrated from
@@ -63,7 +63,8 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
             the checkpoint).
         device: torch device of every tensor.
         sample: sample the model's predictive distribution (True) or use its mean.
-        termination_threshold: P(terminated) above which the learned head ends an episode.
+        termination_threshold: calibrated P(terminated) above which the learned head ends an
+            episode when ``sample`` is False (with ``sample`` it is drawn, see ``_learned_termination``).
         uncertainty_penalty: lambda of MOPO's reward penalty, reward -= lambda x epistemic
             uncertainty (per step, before the dt-weighted terms are summed; 0: off).
         max_episode_steps: episode length in steps (default: the task's 20 s).
@@ -206,8 +207,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         self._update_commands(s)
         s.command = self.command.clone()
 
-        terminated = torch.sigmoid(pred.termination_logit) > self.termination_threshold if pred.termination_logit is not None \
-            else torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        terminated = self._learned_termination(pred.termination_logit)
         for fn, params in self._state_terminations.values():
             terminated |= fn(s, **params).bool()
         terminated &= ~diverged
@@ -267,6 +267,20 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         if bool((a.abs() > limit).any()):
             raise ValueError(f"actions outside the action space [-{limit}, {limit}] (max |a| = {float(a.abs().max()):.3g})")
         return a.clone()
+
+    def _learned_termination(self, logit: torch.Tensor | None) -> torch.Tensor:
+        """Terminations (N,) bool from the head's logit. The head is trained with class-balanced
+        BCE (``pos_weight`` = negatives / positives), so its logit is shifted by log(pos_weight);
+        removing the shift gives the calibrated P(terminated). ``sample``: Bernoulli draws of it
+        (the imagined termination rate matches the real one in expectation); else P > threshold."""
+        if logit is None:
+            return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        heads = getattr(self.model, "heads", None)
+        shift = torch.log(heads.pos_weight) if heads is not None else 0.0
+        p = torch.sigmoid(logit - shift)
+        if self.sample:
+            return torch.rand(p.shape, device=self.device, generator=self.generator) < p
+        return p > self.termination_threshold
 
     def _part(self, state: torch.Tensor, key: str) -> torch.Tensor:
         return state[:, self.state_slices[key]]
