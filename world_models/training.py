@@ -168,9 +168,12 @@ def open_loop_rollout(
 
 @torch.no_grad()
 def open_loop_error(
-    model: WorldModel, data: dict[str, torch.Tensor], history: int, horizon: int, num_windows: int, seed: int = 0
+    model: WorldModel, data: dict[str, torch.Tensor], history: int, horizon: int, num_windows: int, seed: int = 0,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """RMSE of open-loop predictions per horizon step, in the model's obs-normalizer units.
+    """RMSE of open-loop predictions per horizon step, in the model's obs-normalizer units
+    (or per-dimension ``scale`` (D,), e.g. the test data's std, to compare models whose
+    normalizers were fit on different data).
 
     Windows of ``history + horizon`` consecutive transitions inside one episode are drawn
     from ``data`` (flat transitions grouped by episode); the model observes the first
@@ -194,5 +197,5 @@ def open_loop_error(
     obs, action, next_obs = (data[k].to(device)[idx] for k in ("obs", "action", "next_obs"))
     prev_act = torch.cat([torch.zeros_like(action[:, :1]), action[:, :history]], dim=1)
     pred = open_loop_rollout(model, obs[:, : history + 1], prev_act, action[:, history:])
-    err = (pred - next_obs[:, history:]) / model.obs_normalizer.std
+    err = (pred - next_obs[:, history:]) / (model.obs_normalizer.std if scale is None else scale.to(device))
     return err.pow(2).mean(dim=(0, 2)).sqrt()
