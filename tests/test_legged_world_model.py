@@ -181,3 +181,18 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path)
     assert len(TransitionStore(tmp_path / "data")) == 2656  # the new real batch was appended
     assert main(["evaluate", *r, f"policy={tmp_path / 'policy'}", "evaluate.episodes=4"]) == 0
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
+
+
+def test_g1_has_its_imagined_twin(tmp_path):
+    data = collect_legged("g1_flat", None, 512, num_envs=32, seed=0, action_noise=0.3, progress=False)
+    meta = legged_dataset_meta("g1_flat")
+    assert meta["obs_dim"] == 3 * 3 + 3 * 29 + 1 and meta["contact_dim"] == data["contacts"].shape[1]
+    train, val = split_episodes(data, 0.2)
+    model = build_model("rwm_gru", model_spec_from_data(meta, train, 4, 2, dt=0.02), hidden=16, head_hidden=16, ensemble=2, learn_reward=False)
+    train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(max_steps=5, eval_every=5), progress=False)
+    save_checkpoint(model, tmp_path / "m", extra={"task": "g1_flat"}, tensors={f"start/{k}": torch.as_tensor(data[k]) for k in ("obs", "action", "episode")})
+    venv = gym.make_vec("wam/G1-Flat-Imagined-v0", num_envs=4, model=str(tmp_path / "m"))
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (4, 99)
+    obs, reward, *_ = venv.step(torch.zeros(4, 29))
+    assert obs.shape == (4, 99) and torch.isfinite(reward).all()
