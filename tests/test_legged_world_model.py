@@ -180,6 +180,13 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path)
     assert len(history["imagined_reward"]) == 2 and history["uncertainty_lambda"][0] > 0
     assert len(TransitionStore(tmp_path / "data")) == 2656  # the new real batch was appended
     assert main(["evaluate", *r, f"policy={tmp_path / 'policy'}", "evaluate.episodes=4"]) == 0
+    # offline MOPO-PPO: no new real data, a penalty scaled to the reward
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.offline=true",
+                 "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=8", "agent.params.guard_steps=10",
+                 "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.2"]) == 0
+    offline = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    assert offline["real_steps"] == [2656.0, 2656.0] and len(TransitionStore(tmp_path / "data")) == 2656
+    assert all(lam > 0 for lam in offline["uncertainty_lambda"])
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
 
 
