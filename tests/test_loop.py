@@ -12,18 +12,15 @@ from tasks import get_task
 from tasks.collect import make_real_vec_env, random_policy
 from wam.cli import main
 
+# the demo's first round, with a smaller ensemble and fewer model steps (CI found 3,000 random
+# steps and 40k PPO steps a coin flip: -1019 vs random -1118 in one run, -854 in another)
 SMALL = [
-    "collect.steps=3000",
-    "model.history=4",
+    "collect.steps=4000",
     "model.forecast=4",
-    "model.params.hidden=64",
-    "model.params.head_hidden=64",
     "model.params.ensemble=3",
     "model.train.max_steps=600",
     "agent=ppo_sb3",
-    "agent.params.total_timesteps=40000",
-    "agent.params.n_steps=512",
-    "evaluate.episodes=10",
+    "evaluate.episodes=20",
     "progress=false",
 ]
 
@@ -37,7 +34,7 @@ def test_cli_loop_improves_real_return_over_random(tmp_path, capsys):
     result = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     task = get_task("pendulum")
     space = make_real_vec_env(task, 1).single_action_space
-    random_returns = evaluate_policy(random_policy(space, 0), task, episodes=10, seed=10_000)
+    random_returns = evaluate_policy(random_policy(space, 0), task, episodes=20, seed=10_000)
     # the policy never saw a real transition while training; it must still beat random clearly
     assert result["mean_return"] > np.mean(random_returns) + 300, (result["mean_return"], np.mean(random_returns))
     assert (tmp_path / "run" / "tb").is_dir()
