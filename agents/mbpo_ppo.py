@@ -18,7 +18,7 @@ One outer iteration:
    the imagined reward exceeds the real one by more than ``guard_gap`` (relative, with a
    floor), or when the real reward fell below the best so far by more than ``guard_drop``
    (relative, with a floor: the measured ANYmal run lost 8x real reward while the relative
-   gap stayed under 1.0); after ``guard_patience`` strikes in a row the loop stops and
+   gap struck only once); after ``guard_patience`` strikes in a row the loop stops and
    returns the best policy (roll back).
 
 Offline (MOPO-PPO, RWM-U): ``offline=True`` collects nothing after the initial dataset and
@@ -211,7 +211,7 @@ def train(
         if progress:
             print(f"[mbpo-ppo] it {it}: real steps {real_steps}, reward/step real {real['reward']:.4f} imagined {imag['reward']:.4f}, "
                   f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
-        reason = guard_strike(real["reward"], imag["reward"], best[0], cfg) if best[1] is not None else None
+        reason = guard_strike(real["reward"], imag["reward"], best[0], cfg)  # best -inf at first: no drop strike
         if real["reward"] > best[0]:
             best = (real["reward"], copy.deepcopy(policy))
         strikes = strikes + 1 if reason is not None else 0

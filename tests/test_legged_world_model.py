@@ -207,7 +207,7 @@ def test_g1_has_its_imagined_twin(tmp_path):
 
 def test_exploitation_guard_stops_the_measured_anymal_run():
     """The guard on the real/imagined rewards per step of the ANYmal C MBPO-PPO run in
-    BENCHMARKS.md: the relative gap alone never fired while the real reward fell 8x; the drop
+    BENCHMARKS.md: the relative gap alone struck once while the real reward fell 8x; the drop
     below the best real reward strikes from iteration 1 on, so the run stops at iteration 3."""
     from agents.mbpo_ppo import MbpoPPOConfig, guard_strike
 
