@@ -5,8 +5,9 @@ One outer iteration:
 1. **collect**: run the current policy (deterministic mean + Gaussian noise of
    ``collect_noise``) on ``collect_envs`` MuJoCo robots for ``steps_per_iteration`` real
    steps and add them to the dataset (skipped offline);
-2. **model update**: train the world model (warm start, normalizers fixed after the first
-   fit) for up to ``model_train_steps`` gradient steps on the whole dataset;
+2. **model update**: refit the normalizers on the whole dataset, keeping the function the
+   model computes (:meth:`~world_models.state_delta.StateDeltaModel.refit_normalizers`),
+   then train it (warm start) for up to ``model_train_steps`` gradient steps on that dataset;
 3. **policy update**: ``ppo_iterations`` rsl-rl PPO iterations inside imagination
    (:class:`~wam_env.legged.ImaginedLeggedVecEnv`, ``num_envs`` imagined robots,
    ``ppo.num_steps_per_env`` imagined steps each), one ``OnPolicyRunner`` kept across
@@ -135,7 +136,7 @@ def train(
 
     Args:
         task: ``anymal_c_flat`` / ``g1_flat``.
-        model: legged world model (trained on ``data``; its normalizers stay fixed).
+        model: legged world model (trained on ``data``; refit on the grown data every iteration).
         data: real transitions (``tasks.locomotion.collect`` fields); grows with each collection.
         cfg / model_train: loop and world-model training hyperparameters.
         append: called with every new real batch (e.g. ``TransitionStore.append``).
@@ -174,8 +175,10 @@ def train(
                 append(new)
             # 2. model update on all data, warm start
             train_split, val_split = split_episodes(data, cfg.val_fraction, seed=cfg.seed + it)
+            train_split = to_torch(train_split, cfg.device)
+            model.refit_normalizers(train_split)  # statistics of all data so far, the learned function kept
             metrics = train_world_model(
-                model, to_torch(train_split, cfg.device), to_torch(val_split, cfg.device),
+                model, train_split, to_torch(val_split, cfg.device),
                 WorldModelTrainConfig(**{**model_train.__dict__, "max_steps": cfg.model_train_steps, "batch_size": cfg.model_batch_size,
                                          "learning_rate": cfg.model_learning_rate, "seed": cfg.seed + it, "device": cfg.device}),
                 progress=progress, fit_normalizers=False,

@@ -176,6 +176,11 @@ class WorldModel(nn.Module):
         ``reward``): called once before training; the statistics are saved with the weights."""
         raise NotImplementedError
 
+    def refit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
+        """Refit the normalizers of a trained model on new flat transitions while keeping the
+        function it computes (warm starts on a grown dataset)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot refit its normalizers in place")
+
 
 def check_batch_shapes(spec: ModelSpec, obs: torch.Tensor, action: torch.Tensor) -> None:
     """Raise a ValueError naming the problem when ``obs`` (B, D) / ``action`` (B, A) do not

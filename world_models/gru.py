@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
-from world_models.heads import EnsembleLinear, masked_mean, member_std, soft_clamp
+from world_models.heads import EnsembleLinear, fold_input_change, fold_output_change, masked_mean, member_std, soft_clamp
 from world_models.state_delta import StateDeltaModel
 
 
@@ -119,6 +119,20 @@ class DualAutoregressiveGRU(StateDeltaModel):
         if not (obs.is_floating_point() and x.is_floating_point()):
             raise ValueError(f"obs and {what} must be floating point, got {obs.dtype} and {x.dtype}")
         return obs, h.transpose(0, 1)
+
+    def _fold_input_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        n = scale.shape[0]
+        fold_input_change(self.gru.weight_ih_l0, self.gru.bias_ih_l0, slice(0, n), scale, shift)
+        fold_input_change(self.head_in.weight, self.head_in.bias, slice(self.hidden, self.hidden + n), scale, shift)
+
+    @torch.no_grad()
+    def _fold_delta_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        D = self.spec.obs_dim
+        fold_output_change(self.head_out, slice(0, D), scale, shift)
+        log_scale = scale.log()  # std_new = std_old / scale
+        self.head_out.bias[..., D:] -= log_scale
+        self.min_logstd -= log_scale
+        self.max_logstd -= log_scale
 
     # ----------------------------------------------------------------------------- protocol
 

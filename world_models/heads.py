@@ -38,6 +38,28 @@ def member_std(x: torch.Tensor) -> torch.Tensor:
     return centered.square().sum(0).div_(x.shape[0] - 1).sqrt_()
 
 
+@torch.no_grad()
+def fold_input_change(weight: torch.Tensor, bias: torch.Tensor, rows: slice, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Make a layer that read inputs ``x_old = scale * x_new + shift`` at positions ``rows``
+    compute the same from ``x_new``: weight (out, in) with bias (out,) (``nn.Linear``,
+    ``nn.GRU``), or an :class:`EnsembleLinear`'s weight (E, in, out) with bias (E, 1, out).
+    In place; scale / shift (len(rows),)."""
+    if weight.dim() == 2:
+        bias += weight[:, rows] @ shift
+        weight[:, rows] *= scale
+    else:
+        bias += (shift @ weight[:, rows]).unsqueeze(1)
+        weight[:, rows] *= scale[:, None]
+
+
+@torch.no_grad()
+def fold_output_change(layer: "EnsembleLinear", cols: slice, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Make outputs ``cols`` of ``layer`` (written in old normalized units, ``y_old = scale * y_new + shift``)
+    come out in the new units. In place; scale / shift (len(cols),)."""
+    layer.weight[..., cols] /= scale
+    layer.bias[..., cols] = (layer.bias[..., cols] - shift) / scale
+
+
 class EnsembleLinear(nn.Module):
     """E independent affine maps ``x_e @ W_e + b_e``, all in one ``torch.baddbmm``.
 
@@ -146,6 +168,26 @@ class TransitionHeads(nn.Module):
         n_neg = float(terminated.numel()) - n_pos
         w = n_neg / n_pos if n_pos > 0 and n_neg > 0 else 1.0
         self.pos_weight.fill_(min(max(w, 1.0 / self.max_pos_weight), self.max_pos_weight))
+
+    @torch.no_grad()
+    def fold_normalizer_change(
+        self,
+        obs_change: tuple[torch.Tensor, torch.Tensor],
+        action_change: tuple[torch.Tensor, torch.Tensor],
+        reward_change: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        """Keep the heads' function when the normalizers were refit: each change is (scale, shift)
+        with ``old_normalized = scale * new_normalized + shift`` ((D,), (A,), (1,))."""
+        scale = torch.cat([obs_change[0], action_change[0], obs_change[0]])
+        shift = torch.cat([obs_change[1], action_change[1], obs_change[1]])
+        rows = slice(0, scale.shape[0])
+        for net in (self.net, self.contact_net):
+            if net is not None:
+                fold_input_change(net.layers[0].weight, net.layers[0].bias, rows, scale, shift)
+        if self.has_reward:  # the reward is member 0 of self.net
+            last = self.net.layers[-1]
+            last.weight[0] /= reward_change[0]
+            last.bias[0] = (last.bias[0] - reward_change[1]) / reward_change[0]
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """x (B, 2D + A) -> (normalized reward (B,) or None, termination logit (B,) or None)."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
-from world_models.heads import EnsembleMLP, member_std, soft_clamp
+from world_models.heads import EnsembleMLP, fold_input_change, fold_output_change, member_std, soft_clamp
 from world_models.state_delta import StateDeltaModel
 
 
@@ -84,6 +84,20 @@ class ProbabilisticEnsemble(StateDeltaModel):
         x = torch.cat([self.obs_normalizer.normalize(obs), self._scale(action)], dim=-1)
         mean, logvar = self.net(x, members).split(self.spec.obs_dim, dim=-1)
         return mean, soft_clamp(logvar, self.min_logvar, self.max_logvar)
+
+    def _fold_input_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        first = self.net.layers[0]
+        fold_input_change(first.weight, first.bias, slice(0, scale.shape[0]), scale, shift)
+
+    @torch.no_grad()
+    def _fold_delta_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        D = self.spec.obs_dim
+        last = self.net.layers[-1]
+        fold_output_change(last, slice(0, D), scale, shift)
+        log_var_scale = 2 * scale.log()  # var_new = var_old / scale^2
+        last.bias[..., D:] -= log_var_scale
+        self.min_logvar -= log_var_scale
+        self.max_logvar -= log_var_scale
 
     def _check(self, carry: Carry, x: torch.Tensor) -> torch.Tensor:
         if "obs" not in carry:

@@ -42,6 +42,12 @@ class Normalizer(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(torch.where(std < floor, torch.ones_like(std), std))
 
+    @torch.no_grad()
+    def change_to(self, new: "Normalizer") -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine map from ``new``'s normalized units to this one's, per dimension:
+        ``self.normalize(x) = scale * new.normalize(x) + shift``. Returns (scale, shift), each (dim,)."""
+        return new.std / self.std, (new.mean - self.mean) / self.std
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) in data units -> (..., dim) normalized."""
         return (x - self.mean) / self.std

@@ -3,6 +3,8 @@ delta normalizers, and the learned reward / termination heads on transitions."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from world_models.base import ModelSpec, WorldModel
@@ -50,3 +52,32 @@ class StateDeltaModel(WorldModel):
         self.action_normalizer.fit(data["action"])
         self.delta_normalizer.fit(data["next_obs"] - data["obs"])
         self.heads.fit(data["reward"], data.get("terminated", torch.zeros_like(data["reward"], dtype=torch.bool)))
+
+    @torch.no_grad()
+    def refit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
+        """Refit every normalizer on ``data`` (flat transitions) and keep the function the
+        trained model computes: the change of the obs / action statistics is folded into the
+        first layers that read normalized inputs, the change of the delta / reward statistics
+        into the last layers that write them (log-std and its bounds shift with it). The
+        uncertainty (ensemble disagreement in normalized delta units) is rescaled with them.
+
+        For warm starts on a grown dataset (MBPO): the policy's data leave the statistics of
+        the first collection far behind, and frozen normalizers would feed the network inputs
+        and targets many standard deviations wide. A fresh model uses :meth:`fit_normalizers`.
+        """
+        old_obs, old_action, old_delta = (copy.deepcopy(n) for n in (self.obs_normalizer, self.action_normalizer, self.delta_normalizer))
+        old_reward = copy.deepcopy(self.heads.reward_normalizer)
+        self.fit_normalizers(data)
+        obs_change = old_obs.change_to(self.obs_normalizer)
+        action_change = old_action.change_to(self.action_normalizer)
+        self._fold_input_change(*(torch.cat([o, a]) for o, a in zip(obs_change, action_change)))
+        self._fold_delta_change(*old_delta.change_to(self.delta_normalizer))
+        self.heads.fold_normalizer_change(obs_change, action_change, old_reward.change_to(self.heads.reward_normalizer))
+
+    def _fold_input_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Fold ``old_normalized([obs, action]) = scale * new_normalized + shift`` ((D + A,) each) into the input layers."""
+        raise NotImplementedError
+
+    def _fold_delta_change(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Fold ``old_normalized(delta) = scale * new_normalized + shift`` ((D,) each) into the output layer."""
+        raise NotImplementedError
