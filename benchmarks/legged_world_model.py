@@ -1,9 +1,8 @@
-"""RWM on ANYmal C: prediction error vs horizon, imagination throughput, policy evaluation.
+"""RWM on ANYmal C (or G1 with ``--task g1_flat``): prediction error vs horizon, imagination throughput, policy evaluation.
 
     .venv/bin/python benchmarks/legged_world_model.py prediction --policy runs/anymal_ppo/policy
     .venv/bin/python benchmarks/legged_world_model.py throughput --model runs/anymal_rwm/world_model
-    .venv/bin/python benchmarks/legged_world_model.py policy-eval --model runs/anymal_rwm/world_model \
-        --checkpoints runs/anymal_ppo/tb/policy runs/anymal_ppo_kp80_noclip/tb/policy
+    .venv/bin/python benchmarks/legged_world_model.py policy-eval --checkpoints runs/anymal_ppo/tb/policy --steps 3000
 
 - ``prediction``: trains, with equal gradient steps and batch, the dual-autoregressive GRU
   (N = 8), the same GRU teacher-forced (N = 1) and the MLP ensemble on a data mixture
@@ -15,12 +14,15 @@
   (2 x 256 GRU, 5 heads, contact and termination heads, the task's reward terms) vs the MuJoCo
   ANYmal C env at 512 envs on all cores, in the same run; FLOP utilisation against a
   2048^2 fp32 matmul.
-- ``policy-eval``: for every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
+- ``policy-eval``: without ``--model``, first trains the model it evaluates with: the N = 8 GRU
+  on perturbed data plus noisy data of every second checkpoint (the others held out). Then for
+  every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
   deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
   distribution, 64 robots, 5 s from reset), their Pearson correlation, the termination
-  rates of both, and the termination head's precision / recall on the real transitions.
+  rates of both, and the termination head's precision / recall on the real transitions;
+  Pearson also over the held-out checkpoints alone.
 
-Results go to ``runs/benchmarks/legged_<part>.json``; tables are printed as in BENCHMARKS.md.
+Results go to ``runs/benchmarks/<task>_<part>.json``; tables are printed as in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from world_models.data import model_spec_from_data, split_episodes, to_torch
 from world_models.heads import termination_metrics
 from world_models.training import WorldModelTrainConfig
 
-TASK = "anymal_c_flat"
 HORIZONS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -73,14 +74,14 @@ def _merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------ prediction
 
 
-def prediction(policy: Path | None, steps: int, hidden: int, seed: int) -> dict[str, Any]:
+def prediction(task: str, policy: Path | None, steps: int, hidden: int, seed: int) -> dict[str, Any]:
     act = MLPPolicy.load(policy).act if policy else None
-    parts = [collect_legged(TASK, None, 100_000, num_envs=100, seed=seed, action_noise=0.5, progress=False)]
+    parts = [collect_legged(task, None, 100_000, num_envs=100, seed=seed, action_noise=0.5, progress=False)]
     if act is not None:
-        parts.append(collect_legged(TASK, act, 50_000, num_envs=50, seed=seed + 1, action_noise=0.3, progress=False))
+        parts.append(collect_legged(task, act, 50_000, num_envs=50, seed=seed + 1, action_noise=0.3, progress=False))
     data = _merge(*parts)
-    test = to_torch(collect_legged(TASK, act, 32 * 500, num_envs=32, seed=seed + 99, action_noise=0.1, progress=False))
-    meta = legged_dataset_meta(TASK)
+    test = to_torch(collect_legged(task, act, 32 * 500, num_envs=32, seed=seed + 99, action_noise=0.1, progress=False))
+    meta = legged_dataset_meta(task)
     train, val = split_episodes(data, 0.1, seed=seed)
     scale = test["next_obs"].std(0).clamp_min(1e-3)  # one unit for every model: the held-out data's std per dimension
     runs = {"rwm_gru N=8": ("rwm_gru", 32, 8, train, val), "rwm_gru N=1 (teacher forced)": ("rwm_gru", 32, 1, train, val),
@@ -106,11 +107,11 @@ def prediction(policy: Path | None, steps: int, hidden: int, seed: int) -> dict[
 # ------------------------------------------------------------------------------------ throughput
 
 
-def throughput(model_path: Path | None, seconds: float) -> dict[str, Any]:
-    data = collect_legged(TASK, None, 20_000, num_envs=64, seed=0, action_noise=0.5, progress=False)
+def throughput(task: str, model_path: Path | None, seconds: float) -> dict[str, Any]:
+    data = collect_legged(task, None, 20_000, num_envs=64, seed=0, action_noise=0.5, progress=False)
     if model_path is not None:
         trained, _, _ = load_checkpoint(model_path)
-    meta = legged_dataset_meta(TASK)
+    meta = legged_dataset_meta(task)
     spec = model_spec_from_data(meta, data, 32, 8, dt=0.02)
     model = build_model("rwm_gru", spec, hidden=256, layers=2, ensemble=5, learn_reward=False)  # RWM's full size
     if model_path is not None and trained.config()["hidden"] == 256:
@@ -120,16 +121,16 @@ def throughput(model_path: Path | None, seconds: float) -> dict[str, Any]:
         train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(max_steps=100, eval_every=50), progress=False)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     result: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_gflops": timed_rate(lambda: torch.mm(a, b), seconds, 2 * 2048**3) / 1e9}
-    real = LeggedVelocityVecEnv(env_cfg(TASK), num_envs=512)
+    real = LeggedVelocityVecEnv(env_cfg(task), num_envs=512)
     real.reset(seed=0)
     g = torch.Generator().manual_seed(0)
-    real_actions = 0.3 * torch.randn(512, 12, generator=g)
+    real_actions = 0.3 * torch.randn(512, real.single_action_space.shape[0], generator=g)
     result["mujoco_512_steps_per_s"] = timed_rate(lambda: real.step(real_actions), seconds, 512)
     real.close()
     for n in (256, 4096):
-        env = ImaginedLeggedVecEnv(n, model=model, task=TASK, start_data=data)
+        env = ImaginedLeggedVecEnv(n, model=model, task=task, start_data=data)
         env.reset(seed=0)
-        actions = 0.3 * torch.randn(n, 12, generator=g)
+        actions = 0.3 * torch.randn(n, real_actions.shape[1], generator=g)
         rate = timed_rate(lambda: env.step(actions), seconds, n)
         carry = {k: v.clone() for k, v in env.carry.items()}
         with torch.no_grad():
@@ -148,7 +149,7 @@ def throughput(model_path: Path | None, seconds: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ policy evaluation
 
 
-def load_rsl_rl_policy(path: Path, env: ImaginedLeggedVecEnv, actor_hidden: tuple[int, ...] = (128, 128, 128)) -> MLPPolicy:
+def load_rsl_rl_policy(path: Path, env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv, actor_hidden: tuple[int, ...] = (128, 128, 128)) -> MLPPolicy:
     """An rsl-rl ``model_<it>.pt`` (Isaac Lab's ANYmal runner layout) as an :class:`MLPPolicy`."""
     from rsl_rl.runners import OnPolicyRunner
 
@@ -162,9 +163,45 @@ def load_rsl_rl_policy(path: Path, env: ImaginedLeggedVecEnv, actor_hidden: tupl
     return MLPPolicy.from_rsl_rl(runner).cpu()
 
 
-def policy_eval(model_path: Path, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int) -> dict[str, Any]:
-    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=TASK)
-    files = sorted((p for d in checkpoint_dirs for p in d.glob("model_*.pt")), key=lambda p: (str(p.parent), int(p.stem.split("_")[1])))
+def checkpoint_files(checkpoint_dirs: list[Path]) -> list[Path]:
+    return sorted((p for d in checkpoint_dirs for p in d.glob("model_*.pt")), key=lambda p: (str(p.parent), int(p.stem.split("_")[1])))
+
+
+def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: int, seed: int, out: Path) -> tuple[Path, list[Path]]:
+    """The model policy evaluation needs has seen what policies do: 100k perturbed default-pose
+    steps plus 10k steps (action noise 0.3) of every second checkpoint; the others stay held out.
+    Trains the N = 8 GRU with the task's sizes and saves it to ``out``; returns it and the
+    checkpoints whose data it saw."""
+    from world_models.checkpoint import save_checkpoint
+
+    probe = LeggedVelocityVecEnv(env_cfg(task), num_envs=1)  # the spaces rsl-rl's runner is built for
+    seen = files[::2]
+    parts = [collect_legged(task, None, 100_000, num_envs=100, seed=seed, action_noise=0.5, progress=False)]
+    for i, f in enumerate(seen):
+        parts.append(collect_legged(task, load_rsl_rl_policy(f, probe).act, 10_000, num_envs=50, seed=seed + 10 + i, action_noise=0.3, progress=False))
+    data = _merge(*parts)
+    train, val = split_episodes(data, 0.1, seed=seed)
+    spec = model_spec_from_data(legged_dataset_meta(task), train, 32, 8, dt=0.02)
+    torch.manual_seed(seed)
+    model = build_model("rwm_gru", spec, hidden=hidden, learn_reward=False)
+    metrics = train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(batch_size=256, max_steps=steps, eval_every=100, patience=10, seed=seed), progress=False)
+    print(f"policy-eval model: {len(train['reward'])} train transitions, {metrics['train_seconds']:.0f} s, val loss {metrics['val_loss']:.3f}, "
+          f"termination precision {metrics.get('termination_precision', float('nan')):.3f} recall {metrics.get('termination_recall', float('nan')):.3f}")
+    start = {k: torch.as_tensor(v) for k, v in data.items()}
+    save_checkpoint(model, out, extra={"task": task, "metrics": metrics, "seen_checkpoints": [str(f) for f in seen]},
+                    tensors={"start/obs": start["obs"], "start/action": start["action"], "start/episode": start["episode"]})
+    return out, seen
+
+
+def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
+                train_steps: int = 3000, hidden: int = 128) -> dict[str, Any]:
+    files = checkpoint_files(checkpoint_dirs)
+    if len(files) < 2:
+        raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
+    seen: list[Path] = []
+    if model_path is None:
+        model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, Path(f"runs/benchmarks/{task}_policy_eval_model"))
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task)
     model = imag.model
     rows = []
     all_logits, all_terms = [], []
@@ -176,21 +213,25 @@ def policy_eval(model_path: Path, checkpoint_dirs: list[Path], envs: int, steps:
             obs, r, term, _, _ = imag.step(policy.act(obs).clamp(-10, 10))
             r_imag.append(r)
             t_imag.append(term.float())
-        real = collect_legged(TASK, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
+        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
         with torch.no_grad():
             _, logit = model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
         all_logits.append(logit)
         all_terms.append(torch.as_tensor(real["terminated"]))
-        row = {"checkpoint": str(f), "imagined_reward": float(torch.stack(r_imag).mean()), "real_reward": float(real["reward"].mean()),
+        row = {"checkpoint": str(f), "model_saw_its_data": f in seen, "imagined_reward": float(torch.stack(r_imag).mean()), "real_reward": float(real["reward"].mean()),
                "imagined_termination_rate": float(torch.stack(t_imag).mean()), "real_termination_rate": float(real["terminated"].mean())}
         rows.append(row)
         print(f"{f}: reward/step imagined {row['imagined_reward']:.4f} real {row['real_reward']:.4f}; "
               f"terminations/step imagined {row['imagined_termination_rate']:.4f} real {row['real_termination_rate']:.4f}")
     im, re = np.array([r["imagined_reward"] for r in rows]), np.array([r["real_reward"] for r in rows])
     tm = termination_metrics(torch.cat(all_logits), torch.cat(all_terms))
-    out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm,
+    held = np.array([not r["model_saw_its_data"] for r in rows])
+    out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm, "model": str(model_path),
+           "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
            "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])),
            "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps}
+    if out["pearson_held_out"] is not None:
+        print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
     print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
           f"precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}")
     return out
@@ -199,23 +240,24 @@ def policy_eval(model_path: Path, checkpoint_dirs: list[Path], envs: int, steps:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("prediction", "throughput", "policy-eval"))
+    parser.add_argument("--task", default="anymal_c_flat", choices=("anymal_c_flat", "g1_flat"))
     parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
     parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
     parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files")
-    parser.add_argument("--steps", type=int, default=1000, help="prediction: gradient steps per model")
+    parser.add_argument("--steps", type=int, default=1000, help="prediction / policy-eval without --model: gradient steps per model")
     parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
-        result = prediction(args.policy, args.steps, args.hidden, args.seed)
+        result = prediction(args.task, args.policy, args.steps, args.hidden, args.seed)
     elif args.part == "throughput":
-        result = throughput(args.model, args.seconds)
+        result = throughput(args.task, args.model, args.seconds)
     else:
-        if args.model is None or not args.checkpoints:
-            parser.error("policy-eval needs --model and --checkpoints")
-        result = policy_eval(args.model, args.checkpoints, 64, 250, args.seed)
-    out = Path("runs/benchmarks") / f"legged_{args.part.replace('-', '_')}.json"
+        if not args.checkpoints:
+            parser.error("policy-eval needs --checkpoints")
+        result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden)
+    out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -455,3 +455,16 @@ def test_refit_normalizers_keeps_the_trained_function(name, trained, pendulum):
         # the predictive spread too: draws with one seed agree
         drawn_after = m.imagine(carry, act, generator=torch.Generator().manual_seed(5))[1].obs
         torch.testing.assert_close(drawn_after, drawn_before, rtol=1e-4, atol=1e-4, msg=f"{name}: log-std changed")
+
+
+def test_refit_normalizers_widens_the_divergence_range(trained, pendulum):
+    import copy
+
+    model = copy.deepcopy(trained["rwm_gru"][0])
+    train, _ = pendulum
+    model.fit_normalizers(train)
+    model.spec = ModelSpec(**{**model.spec.__dict__, "obs_low": (-1.0, -1.0, -8.0), "obs_high": (1.0, 1.0, 8.0)})
+    grown = {k: v.clone() for k, v in train.items()}
+    grown["next_obs"][0, 2] = 20.0
+    model.refit_normalizers(grown)
+    assert model.spec.obs_high[2] == 20.0 and model.spec.obs_low == (-1.0, -1.0, -8.0)

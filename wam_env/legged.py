@@ -144,13 +144,6 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
                 raise ValueError("no start_data given and the checkpoint holds none: pass start_data=<dataset folder>")
             start_data = {k.removeprefix("start/"): v for k, v in saved.items() if k.startswith("start/")}
         self.set_start_data(start_data)
-        if spec.obs_low:
-            lo = torch.tensor(spec.obs_low, device=self.device)
-            hi = torch.tensor(spec.obs_high, device=self.device)
-            width = (hi - lo).clamp_min(1e-6)
-            self._bound_low, self._bound_high = lo - width, hi + width
-        else:
-            self._bound_low = self._bound_high = None
         self.generator = torch.Generator(device=self.device)
         self.generator.seed()
 
@@ -242,7 +235,8 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
 
     def set_start_data(self, source: str | Path | dict) -> None:
         """Draw future start states from ``source`` (dataset folder or dict of flat real
-        transitions with ``obs`` (n, D), ``action`` (n, J), ``episode`` (n,))."""
+        transitions with ``obs`` (n, D), ``action`` (n, J), ``episode`` (n,)); re-read the
+        divergence range from the model's spec (it widens when a warm start refits the model)."""
         D, J = self.model.spec.obs_dim, self.num_joints
         data = load_start_data(source, self.device)
         if data["obs"].shape[-1] != D or data["action"].shape[-1] != J:
@@ -250,6 +244,14 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         data = {k: v.float() if v.is_floating_point() else v for k, v in data.items()}
         for k in ("next_obs", "reward", "terminated"):  # gathered by the sampler, unused here
             data.setdefault(k, torch.zeros(data["obs"].shape[:1] + ((D,) if k == "next_obs" else ()), device=self.device))
+        spec = self.model.spec  # the divergence range: the model's data range, widened by its width each side
+        if spec.obs_low:
+            lo = torch.tensor(spec.obs_low, device=self.device)
+            hi = torch.tensor(spec.obs_high, device=self.device)
+            width = (hi - lo).clamp_min(1e-6)
+            self._bound_low, self._bound_high = lo - width, hi + width
+        else:
+            self._bound_low = self._bound_high = None
         generator = getattr(self, "starts", None) and self.starts.generator
         self.starts = WindowSampler(data, history=self.model.spec.history, forecast=1)
         if generator is not None:

@@ -4,6 +4,7 @@ delta normalizers, and the learned reward / termination heads on transitions."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -60,6 +61,7 @@ class StateDeltaModel(WorldModel):
         first layers that read normalized inputs, the change of the delta / reward statistics
         into the last layers that write them (log-std and its bounds shift with it). The
         uncertainty (ensemble disagreement in normalized delta units) is rescaled with them.
+        ``spec.obs_low`` / ``obs_high`` (the divergence range) widen to the new data's range.
 
         For warm starts on a grown dataset (MBPO): the policy's data leave the statistics of
         the first collection far behind, and frozen normalizers would feed the network inputs
@@ -70,6 +72,11 @@ class StateDeltaModel(WorldModel):
         self.fit_normalizers(data)
         obs_change = old_obs.change_to(self.obs_normalizer)
         action_change = old_action.change_to(self.action_normalizer)
+        if self.spec.obs_low:  # the divergence range grows with the data
+            seen = torch.cat([data["obs"], data["next_obs"]])
+            low = torch.minimum(torch.tensor(self.spec.obs_low), seen.amin(0).cpu())
+            high = torch.maximum(torch.tensor(self.spec.obs_high), seen.amax(0).cpu())
+            self.spec = dataclasses.replace(self.spec, obs_low=tuple(low.tolist()), obs_high=tuple(high.tolist()))
         self._fold_input_change(*(torch.cat([o, a]) for o, a in zip(obs_change, action_change)))
         self._fold_delta_change(*old_delta.change_to(self.delta_normalizer))
         self.heads.fold_normalizer_change(obs_change, action_change, old_reward.change_to(self.heads.reward_normalizer))
