@@ -3,7 +3,8 @@
 Commands:
   collect        real env → dataset          (collect.steps, collect.policy, paths.data)
   train-model    dataset → world model       (model=rwm_gru|mlp_ensemble, paths.model)
-  train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3|mbpo_ppo)
+  train-policy   world model → policy, trained only in imagination (agent=ppo_rsl_rl|ppo_sb3|mbpo_ppo);
+                 agent=mbpo: SAC on branched model rollouts, collects its own real data
   evaluate       policy → returns on the real env (evaluate.episodes); legged tasks: tracking, falls
   play           policy → <run_dir>/play.mp4|gif rendered on MuJoCo (legged tasks; play.*)
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
@@ -32,6 +33,19 @@ SHORTHANDS = {
 }
 
 
+def with_agent_default_model(args: list[str]) -> list[str]:
+    """An agent file may name ``default_model`` (``agent=mbpo``: the MLP ensemble): it picks the
+    model group unless ``model=`` is given."""
+    from wam.config import CONFIG_DIR, read_yaml
+
+    keys = dict(a.split("=", 1) for a in args if "=" in a)
+    if "model" in keys or "agent" not in keys:
+        return args
+    path = CONFIG_DIR / "agents" / f"{keys['agent']}.yaml"
+    default = read_yaml(path).get("default_model") if path.exists() else None
+    return [f"model={default}", *args] if default else args
+
+
 def _config(command: str, args: list[str]) -> dict:
     base = None
     if args and args[0].startswith("config="):
@@ -40,7 +54,7 @@ def _config(command: str, args: list[str]) -> dict:
         args = ["run_dir=runs/demo", *args]
     short = SHORTHANDS.get(command, {})
     args = [f"{short[a.split('=', 1)[0]]}={a.split('=', 1)[1]}" if "=" in a and a.split("=", 1)[0] in short else a for a in args]
-    cfg = load_config(args, base)
+    cfg = load_config(with_agent_default_model(args), base)
     if cfg["device"] == "cuda":
         import torch
 

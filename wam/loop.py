@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents import mbpo_ppo, ppo_rsl_rl, ppo_sb3
+from agents import mbpo, mbpo_ppo, ppo_rsl_rl, ppo_sb3
 from agents.evaluate import evaluate_policy, evaluate_velocity_tracking
 from agents.policy import MLPPolicy
 from tasks import LEGGED_TASKS, Task, get_task
@@ -25,7 +25,7 @@ from tasks.collect import collect, dataset_meta, make_real_vec_env, random_polic
 from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
-from world_models.data import TransitionStore, model_spec_from_data, split_episodes, to_torch
+from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
 from world_models.training import WorldModelTrainConfig, train_world_model
 
 AGENTS = {
@@ -147,8 +147,10 @@ def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLP
     a = cfg["agent"]
     if a["name"] == "mbpo_ppo":
         return run_mbpo_ppo(cfg, log_name)
+    if a["name"] == "mbpo":
+        return run_mbpo(cfg, log_name)
     if a["name"] not in AGENTS:
-        raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted([*AGENTS, 'mbpo_ppo'])}")
+        raise ConfigError(f"unknown agent {a['name']!r}; available: {sorted([*AGENTS, 'mbpo', 'mbpo_ppo'])}")
     config_cls, train = AGENTS[a["name"]]
     agent_cfg = dataclass_from(config_cls, {**(a["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
     if cfg["train_on"] not in ("imagined", "real"):
@@ -190,6 +192,61 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
     save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
     policy.save(run_path(cfg, "policy", "policy"))
     out = Path(cfg["run_dir"]) / "mbpo_ppo.json"
+    out.write_text(json.dumps(history, indent=2).replace("NaN", "null"))
+    return policy, history
+
+
+def mbpo_config(cfg: dict[str, Any]) -> mbpo.MbpoConfig:
+    """``agent.params`` as :class:`agents.mbpo.MbpoConfig` (unknown or bad keys: ConfigError)."""
+    try:
+        return dataclass_from(mbpo.MbpoConfig, {**(cfg["agent"]["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]},
+                              "agent.params")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"agent.params: {e}") from e
+
+
+def mbpo_model_kwargs(cfg: dict[str, Any], log_dir: str | None) -> dict[str, Any]:
+    """The world model MBPO trains, from the experiment's ``model`` section (``model=mlp_ensemble``
+    by default for ``agent=mbpo``, ``model=rwm_gru`` for the recurrent model)."""
+    m = cfg["model"]
+    train_cfg = dataclass_from(WorldModelTrainConfig, {**m["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
+    return {"model_name": m["name"], "model_params": m["params"] or {}, "history": int(m["history"]),
+            "forecast": int(m["forecast"]), "dt": float(m["dt"]), "train_cfg": train_cfg,
+            "val_fraction": float(m["val_fraction"]), "log_dir": log_dir,
+            "progress": cfg["progress"]}
+
+
+def run_mbpo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:
+    """MBPO (``agent=mbpo``): SAC on branched model rollouts. Online it collects its own real
+    data on the task's env (nothing to collect first); ``agent.params.offline=true`` trains
+    from ``paths.data`` (a wam dataset) or ``agent.params.dataset`` (a local Minari dataset)
+    alone. Saves the policy to ``paths.policy``, the world model (with its real start data)
+    to ``paths.model`` and the history to ``<run_dir>/mbpo.json``."""
+    task = task_of(cfg)
+    if task.name in LEGGED_TASKS:
+        raise ConfigError(f"agent=mbpo runs on single Gymnasium envs; legged task {task.name!r} uses agent=mbpo_ppo")
+    agent_cfg = mbpo_config(cfg)
+    kwargs = mbpo_model_kwargs(cfg, str(Path(cfg["run_dir"]) / "tb" / log_name))
+    try:
+        if agent_cfg.offline:
+            if agent_cfg.dataset:
+                data, meta = mbpo.load_minari(agent_cfg.dataset)
+            else:
+                store = TransitionStore(run_path(cfg, "data", "data"))
+                data, meta = store.load(), store.meta
+            policy, history, model, data = mbpo.train_offline(data, meta, agent_cfg, task=task, **kwargs)
+        else:
+            policy, history, model, data = mbpo.train(task, agent_cfg, **kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, (DatasetError, ConfigError)):
+            raise
+        raise ConfigError(f"agent=mbpo: {e}") from e
+    if model is not None:
+        start = {f"start/{k}": torch.as_tensor(np.asarray(data[k])[-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+        save_checkpoint(model, run_path(cfg, "model", "world_model"), extra={"task": task.name, "env_id": task.env_id, "mbpo": True},
+                        tensors=start)
+    policy.save(run_path(cfg, "policy", "policy"))
+    out = Path(cfg["run_dir"]) / "mbpo.json"
     out.write_text(json.dumps(history, indent=2).replace("NaN", "null"))
     return policy, history
 
