@@ -183,3 +183,25 @@ def test_cli_config_picks_the_ensemble_and_rejects_unknown_keys() -> None:
         loop.run_train_policy(_config("train-policy", ["task=anymal_c_flat", "agent=mbpo"]))
     for task in ("hopper", "halfcheetah"):
         loop.mbpo_config(_config("train-policy", [f"task={task}", "agent=mbpo"]))
+
+
+@pytest.mark.slow
+def test_sample_efficiency_benchmark_inverted_pendulum(tmp_path) -> None:
+    """The acceptance run (about 12 min on 1 CPU thread): MBPO solves InvertedPendulum-v5
+    (>= 950) in at most 3000 real steps, SAC needs at least 5x as many (or does not in 15k)."""
+    import json
+    import runpy
+
+    script = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks" / "sample_efficiency.py")
+    argv = sys.argv
+    sys.argv = [script, "task=inverted_pendulum", "seeds=1", "agent.params.total_steps=3000", "sac_steps=15000", f"out={tmp_path}"]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+        assert done.value.code == 0
+    finally:
+        sys.argv = argv
+    runs = {r["agent"]: r for r in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    assert runs["mbpo"]["steps_to_threshold"] is not None and runs["mbpo"]["steps_to_threshold"] <= 3000
+    sac = runs["sac"]["steps_to_threshold"]
+    assert sac is None or sac >= 5 * runs["mbpo"]["steps_to_threshold"]
