@@ -205,3 +205,26 @@ def test_sample_efficiency_benchmark_inverted_pendulum(tmp_path) -> None:
     assert runs["mbpo"]["steps_to_threshold"] is not None and runs["mbpo"]["steps_to_threshold"] <= 3000
     sac = runs["sac"]["steps_to_threshold"]
     assert sac is None or sac >= 5 * runs["mbpo"]["steps_to_threshold"]
+
+
+def test_cli_train_policy_online_and_offline(tmp_path) -> None:
+    """`wam train-policy agent=mbpo` collects its own data; `offline=true` trains from `wam collect`'s dataset."""
+    import json
+
+    from wam.cli import main
+
+    tiny = ["task=inverted_pendulum", "agent=mbpo", "progress=false", "agent.params.init_steps=250", "agent.params.utd=1",
+            "agent.params.rollout_batch_size=500", "agent.params.eval_episodes=1", "agent.params.batch_size=32",
+            "model.train.max_steps=20", "model.params.members=2", "model.params.elites=1", "model.params.hidden=32"]
+    run = tmp_path / "online"
+    assert main(["train-policy", f"run_dir={run}", "agent.params.total_steps=300", *tiny]) == 0
+    history = json.loads((run / "mbpo.json").read_text())
+    assert history["model_steps"] == [250] and history["curve"]["steps"] == [250, 300]
+    assert (run / "world_model" / "config.json").exists() and (run / "policy" / "policy.json").exists()
+    assert main(["evaluate", "task=inverted_pendulum", f"run_dir={run}", "evaluate.episodes=2"]) == 0
+    off = tmp_path / "offline"
+    assert main(["collect", "task=inverted_pendulum", f"run_dir={off}", "collect.steps=400", "progress=false"]) == 0
+    assert main(["train-policy", f"run_dir={off}", "agent.params.offline=true", "agent.params.offline_steps=10",
+                 "agent.params.uncertainty_penalty=1.0", *tiny]) == 0
+    assert json.loads((off / "mbpo.json").read_text())["agent"] == "mbpo_offline"
+    assert main(["train-policy", f"run_dir={off}", "agent.params.offline=true", f"agent.params.dataset={tmp_path}/missing", *tiny]) == 2
