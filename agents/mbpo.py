@@ -718,6 +718,8 @@ def load_minari(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     data_dir = p / "data" if (p / "data").is_dir() else p
     try:
         dataset = minari.MinariDataset(data_dir)
+    except ImportError as e:  # minari without a storage backend (h5py)
+        raise ImportError(f"reading Minari dataset {p} needs minari[hdf5]: pip install 'wam[data]' ({e})") from e
     except Exception as e:  # minari raises several types for a folder that is not a dataset
         raise DatasetError(f"{p} is not a Minari dataset: {e}") from e
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode", "step")}

@@ -145,27 +145,28 @@ def test_minari_errors_are_clear(tmp_path, monkeypatch) -> None:
         mbpo.load_minari(tmp_path)
 
 
-def test_minari_import(tmp_path, ip_data) -> None:
+def test_minari_import(tmp_path, ip_data, monkeypatch) -> None:
+    """A Minari dataset written from real InvertedPendulum episodes reads back as the same transitions."""
     minari = pytest.importorskip("minari", reason="the `data` extra (minari) is not installed")
-    from minari.dataset.minari_storage import MinariStorage  # noqa: F401
+    pytest.importorskip("h5py", reason="minari's hdf5 storage (the `data` extra) is not installed")
+    from minari.data_collector import EpisodeBuffer
 
-    import gymnasium as gym
-
-    env = minari.DataCollector(gym.make("InvertedPendulum-v5"))
-    env.reset(seed=0)
-    for _ in range(300):
-        _, _, term, trunc, _ = env.step(env.action_space.sample())
-        if term or trunc:
-            env.reset()
-    path = tmp_path / "minari"
-    import os
-
-    os.environ["MINARI_DATASETS_PATH"] = str(path)
-    env.create_dataset(dataset_id="wam/ip-random-v0")
-    data, meta = mbpo.load_minari(path / "wam" / "ip-random-v0")
-    assert data["obs"].shape[1] == 4 and meta["action_dim"] == 1 and data["terminated"].any()
-    assert np.allclose(data["next_obs"][:-1][~(data["terminated"] | data["truncated"])[:-1]],
-                       data["obs"][1:][~(data["terminated"] | data["truncated"])[:-1]])
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    episodes = []
+    for e in np.unique(ip_data["episode"])[:20]:
+        rows = ip_data["episode"] == e
+        obs = np.concatenate([ip_data["obs"][rows], ip_data["next_obs"][rows][-1:]]).astype(np.float64)
+        episodes.append(EpisodeBuffer(id=len(episodes), observations=obs, actions=ip_data["action"][rows],
+                                      rewards=ip_data["reward"][rows].tolist(), terminations=ip_data["terminated"][rows].tolist(),
+                                      truncations=ip_data["truncated"][rows].tolist(), infos={}))
+    minari.create_dataset_from_buffers("wam/ip-random-v0", episodes, env="InvertedPendulum-v5")
+    data, meta = mbpo.load_minari(tmp_path / "minari" / "wam" / "ip-random-v0")
+    order = np.concatenate([np.flatnonzero(ip_data["episode"] == e) for e in np.unique(ip_data["episode"])[:20]])
+    assert data["obs"].shape == (len(order), 4) and meta["action_dim"] == 1 and meta["env_id"] == "InvertedPendulum-v5"
+    assert np.allclose(data["next_obs"], ip_data["next_obs"][order], atol=1e-6)
+    assert np.array_equal(data["terminated"], ip_data["terminated"][order])
+    with pytest.raises(DatasetError, match="not a Minari dataset"):
+        mbpo.load_minari(tmp_path)
 
 
 def test_cli_config_picks_the_ensemble_and_rejects_unknown_keys() -> None:
