@@ -84,17 +84,19 @@ def prediction(task: str, policy: Path | None, steps: int, hidden: int, seed: in
     meta = legged_dataset_meta(task)
     train, val = split_episodes(data, 0.1, seed=seed)
     scale = test["next_obs"].std(0).clamp_min(1e-3)  # one unit for every model: the held-out data's std per dimension
-    runs = {"rwm_gru N=8": ("rwm_gru", 32, 8, train, val), "rwm_gru N=1 (teacher forced)": ("rwm_gru", 32, 1, train, val),
-            "mlp_ensemble": ("mlp_ensemble", 0, 1, train, val)}
+    gru = {"hidden": hidden, "learn_reward": False}
+    runs = {"rwm_gru N=8": ("rwm_gru", 32, 8, gru, train, val),
+            "rwm_gru N=8, history_weight 1": ("rwm_gru", 32, 8, {**gru, "history_weight": 1.0}, train, val),
+            "rwm_gru N=1 (teacher forced)": ("rwm_gru", 32, 1, gru, train, val),
+            "mlp_ensemble": ("mlp_ensemble", 0, 1, {"learn_reward": False}, train, val)}
     if len(parts) > 1:  # the data mixture: the same model on the perturbed default-pose data alone
-        runs["rwm_gru N=8, perturbed data only"] = ("rwm_gru", 32, 8, *split_episodes(parts[0], 0.1, seed=seed))
+        runs["rwm_gru N=8, perturbed data only"] = ("rwm_gru", 32, 8, gru, *split_episodes(parts[0], 0.1, seed=seed))
     cfg = WorldModelTrainConfig(batch_size=256, max_steps=steps, eval_every=100, seed=seed)
     result: dict[str, Any] = {"models": {}, "train_transitions": len(train["reward"]), "test_transitions": int(test["reward"].shape[0])}
     model = None
-    for label, (name, history, forecast, tr, va) in runs.items():
+    for label, (name, history, forecast, params, tr, va) in runs.items():
         spec = model_spec_from_data(meta, tr, history, forecast, dt=0.02)
         torch.manual_seed(seed)
-        params = {"hidden": hidden, "learn_reward": False} if name == "rwm_gru" else {"learn_reward": False}
         model = build_model(name, spec, **params)
         metrics = train_world_model(model, to_torch(tr), to_torch(va), cfg, progress=False)
         rmse = open_loop_error(model, test, history=32, horizon=64, num_windows=512, seed=seed, scale=scale)
