@@ -7,6 +7,8 @@ Commands:
                  agent=mbpo: SAC on branched model rollouts, collects its own real data
   evaluate       policy → returns on the real env (evaluate.episodes); legged tasks: tracking, falls
   play           policy → <run_dir>/play.mp4|gif rendered on MuJoCo (legged tasks; play.*)
+  export         policy → ONNX + TorchScript + deploy.json, parity-checked on recorded real observations
+                 (policy=FOLDER [out=FOLDER] [parity_tol=1e-5]; export.*); exit 2 if parity fails
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
   config         print the merged config
 """
@@ -20,16 +22,18 @@ import sys
 import yaml
 
 from agents.policy import PolicyFileError
+from sim2real.onnx_policy import ExportError
 from wam.config import ConfigError, load_config
 from world_models.checkpoint import CheckpointError
 from world_models.data import DatasetError
 
-COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "demo", "config")
+COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "export", "demo", "config")
 # short keys per command: `wam collect policy=... steps=...`, `wam evaluate policy=...`
 SHORTHANDS = {
     "collect": {"policy": "collect.policy", "steps": "collect.steps", "noise": "collect.noise"},
     "evaluate": {"policy": "paths.policy"},
     "play": {"policy": "paths.policy"},
+    "export": {"policy": "paths.policy", "out": "export.out", "parity_tol": "export.parity_tol", "steps": "export.steps"},
 }
 
 
@@ -92,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"|v - cmd| {r['lin_vel_error']:.3f} m/s, fall rate {r['fall_rate']:.1%}")
         elif ns.command == "play":
             print(f"video written to {loop.run_play(cfg)}")
+        elif ns.command == "export":
+            from sim2real.export import run_export
+
+            e = cfg["export"]
+            r = run_export(loop.run_path(cfg, "policy", "policy"), cfg["task"], e["out"], e["steps"], int(cfg["seed"]),
+                           e["formats"], e["parity_tol"])
+            print(f"parity on {r['check_obs']} recorded {cfg['task']} observations (tolerance {r['parity_tol']:g}): "
+                  + ", ".join(f"{k} max |diff| {v:.2e}" for k, v in r["parity"].items()))
+            print("\n".join(f"  {k}: {v}" for k, v in r["files"].items()))
         elif ns.command == "demo":
             from wam.demo import run_demo
 
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wam {ns.command}: config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError, PolicyFileError) as e:
+    except (DatasetError, CheckpointError, PolicyFileError, ExportError) as e:
         print(f"wam {ns.command}: {e}", file=sys.stderr)
         return 2
     return 0
