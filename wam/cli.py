@@ -9,6 +9,9 @@ Commands:
   play           policy → <run_dir>/play.mp4|gif rendered on MuJoCo (legged tasks; play.*)
   export         policy → ONNX + TorchScript + deploy.json, parity-checked on recorded real observations
                  (policy=FOLDER [out=FOLDER] [parity_tol=1e-5]; export.*); exit 2 if parity fails
+  validate       policy → report across backends (imagined, mujoco, isaaclab) and randomized dynamics
+                 (policy= task= backends= model= levels= episodes= gates.fall_rate_max= out=; validate.*);
+                 exit 1 if a gate fails
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
   config         print the merged config
 """
@@ -27,14 +30,24 @@ from wam.config import ConfigError, load_config
 from world_models.checkpoint import CheckpointError
 from world_models.data import DatasetError
 
-COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "export", "demo", "config")
+COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "export", "validate", "demo", "config")
 # short keys per command: `wam collect policy=... steps=...`, `wam evaluate policy=...`
 SHORTHANDS = {
     "collect": {"policy": "collect.policy", "steps": "collect.steps", "noise": "collect.noise"},
     "evaluate": {"policy": "paths.policy"},
     "play": {"policy": "paths.policy"},
     "export": {"policy": "paths.policy", "out": "export.out", "parity_tol": "export.parity_tol", "steps": "export.steps"},
+    # `model=` is the imagined backend's checkpoint here, not the model config group; `gates.x=` is validate.gates.x
+    "validate": {k: f"validate.{k}" for k in ("policy", "backends", "model", "train_backend", "levels", "episodes",
+                                              "episode_length_s", "sweep", "out", "gates")},
 }
+
+
+def _expand(arg: str, short: dict[str, str]) -> str:
+    """Apply a command's short keys to ``key=value`` (the key's first dotted part is matched)."""
+    key, sep, value = arg.partition("=")
+    head, dot, rest = key.partition(".")
+    return f"{short[head]}{dot}{rest}={value}" if sep and head in short else arg
 
 
 def with_agent_default_model(args: list[str]) -> list[str]:
@@ -57,7 +70,7 @@ def _config(command: str, args: list[str]) -> dict:
     if command == "demo":
         args = ["run_dir=runs/demo", *args]
     short = SHORTHANDS.get(command, {})
-    args = [f"{short[a.split('=', 1)[0]]}={a.split('=', 1)[1]}" if "=" in a and a.split("=", 1)[0] in short else a for a in args]
+    args = [_expand(a, short) for a in args]
     cfg = load_config(with_agent_default_model(args), base)
     if cfg["device"] == "cuda":
         import torch
@@ -105,6 +118,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parity on {r['check_obs']} recorded {cfg['task']} observations (tolerance {r['parity_tol']:g}): "
                   + ", ".join(f"{k} max |diff| {v:.2e}" for k, v in r["parity"].items()))
             print("\n".join(f"  {k}: {v}" for k, v in r["files"].items()))
+        elif ns.command == "validate":
+            from sim2real.backends import Sim2RealError
+            from sim2real.validate import run_validate
+
+            try:
+                r = run_validate(cfg)
+            except Sim2RealError as e:
+                print(f"wam validate: {e}", file=sys.stderr)
+                return 2
+            for g in r["gates"]:
+                w = g["worst"]
+                worst = f", worst {w['value']:.3f} ({w['backend']} / {w['randomization']})" if w else ""
+                print(f"gate {g['gate']}={g['threshold']:g}: {'pass' if g['passed'] else 'FAIL'}{worst}")
+            print(f"{'PASS' if r['passed'] else 'FAIL'}: report {r['files']['report']}")
+            if not r["passed"]:
+                return 1
         elif ns.command == "demo":
             from wam.demo import run_demo
 
