@@ -24,7 +24,7 @@ from sim2real.export import (
     record_observations,
 )
 from sim2real.onnx_policy import OnnxPolicy, read_deploy
-from tasks.locomotion.robots import ANYMAL_C
+from tasks.locomotion.robots import ANYMAL_C, G1
 from wam.cli import main
 
 ALL_FORMATS = ("onnx", "torchscript", "torch_export")
@@ -126,6 +126,17 @@ def test_sidecar_of_anymal_c_flat_has_the_robot_in_mujoco_joint_order(anymal_exp
     assert deploy["recurrent"] is False and deploy["state_names"] == [] and deploy["source"] == "test"
     assert deploy["parity"]["observations"] == 400 and deploy["parity"]["max_abs_diff"]["onnx"] <= 1e-5
     assert obs.shape == (400, 48) and np.isfinite(obs).all() and obs[:, 9:12].any()  # commands were given
+
+
+def test_sidecar_of_g1_and_recording_on_a_gym_task():
+    torch.manual_seed(0)
+    g1 = MLPPolicy(99, 29, [-10.0] * 29, [10.0] * 29, hidden=(16,))
+    deploy = deploy_sidecar(g1, "g1_flat")
+    assert deploy["joint_names"] == list(G1.joint_names) and len(deploy["pd_stiffness"]) == 29
+    assert deploy["obs_layout"][-1] == ["actions", 70, 99]
+    obs = record_observations(sac_policy(), "pendulum", steps=50, seed=0, num_envs=4)
+    assert obs.shape == (50, 3) and obs.dtype == np.float32 and np.abs(obs[:, :2]).max() <= 1.0  # cos, sin
+    assert deploy_sidecar(sac_policy(), "pendulum")["control_dt"] == pytest.approx(0.05)
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
