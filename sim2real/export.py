@@ -80,7 +80,8 @@ def export_policy(
 
     Args:
         policy: an :class:`MLPPolicy` (any device) or a policy folder.
-        out_dir: the folder to write (created; files of the same name are replaced).
+        out_dir: the folder to write (created; files of the same name are replaced, exported
+            files of formats not asked for removed).
         task: the task the policy acts in (``anymal_c_flat``, ``pendulum``, a Gymnasium id):
             fills the sidecar and checks the policy's dims against the env; None: a bare
             sidecar (dims, action box).
@@ -134,6 +135,8 @@ def export_policy(
         (Path(tmp) / DEPLOY_FILE).write_text(json.dumps(deploy, indent=2) + "\n", encoding="utf-8")
         for name in [*deploy["files"].values(), DEPLOY_FILE]:
             os.replace(Path(tmp) / name, out / name)
+        for fmt in set(FORMATS) - set(formats):  # an earlier export's file would not match this one
+            (out / FORMATS[fmt]).unlink(missing_ok=True)
     return {
         "out_dir": out,
         "files": {**{fmt: out / FORMATS[fmt] for fmt in formats}, "sidecar": out / DEPLOY_FILE},

@@ -188,6 +188,8 @@ def test_cli_export_records_checks_and_fails_on_parity(monkeypatch, tmp_path, ca
     printed = capsys.readouterr().out
     assert "parity on 60 recorded anymal_c_flat observations" in printed and str(out / "policy.onnx") in printed
     assert {p.name for p in out.iterdir()} == {"policy.onnx", "policy.pt", "policy.pt2", "deploy.json"}
+    export_policy(policy_dir, out, "anymal_c_flat", formats=("onnx",))  # a re-export leaves no stale file
+    assert {p.name for p in out.iterdir()} == {"policy.onnx", "deploy.json"}
 
     import sim2real.export as export
 
