@@ -1,7 +1,7 @@
 """Map per-joint arrays between two simulators' joint orders, by joint name.
 
-MuJoCo lists ANYmal C's joints leg by leg (``LF_HAA, LF_HFE, LF_KFE, RF_HAA, ...``), Isaac Lab
-lists them as its USD articulation is parsed (``LF_HAA, LH_HAA, RF_HAA, RH_HAA, LF_HFE, ...``).
+MuJoCo lists ANYmal C's joints in the URDF's leg order (``LF_HAA, LF_HFE, LF_KFE, RF_HAA, ...``),
+Isaac Lab as its USD articulation is parsed (``LF_HAA, LF_HFE, LF_KFE, LH_HAA, ...``).
 A policy trained in one order must read and write the other through a checked permutation:
 a joint that one side lacks, has twice, or an extra joint is an error naming the joint, never
 a silent reorder.
