@@ -12,11 +12,12 @@ import gymnasium as gym  # noqa: E402
 from tasks.base import RewardFn, Task, TerminationFn  # noqa: E402
 from tasks.gym_mujoco import TASKS as GYM_MUJOCO_TASKS  # noqa: E402
 from tasks.pendulum import TASK as PENDULUM  # noqa: E402
+from tasks.pusht import PUSHT  # noqa: E402
 
 # Legged velocity tasks on MuJoCo (tasks/locomotion): their real envs are batched torch envs.
 ANYMAL_C_FLAT = Task(name="anymal_c_flat", env_id="wam/AnymalC-Flat-v0", max_episode_steps=1000)
 G1_FLAT = Task(name="g1_flat", env_id="wam/G1-Flat-v0", max_episode_steps=1000)
-TASKS: dict[str, Task] = {t.name: t for t in (PENDULUM, ANYMAL_C_FLAT, G1_FLAT, *GYM_MUJOCO_TASKS)}
+TASKS: dict[str, Task] = {t.name: t for t in (PENDULUM, ANYMAL_C_FLAT, G1_FLAT, PUSHT, *GYM_MUJOCO_TASKS)}
 LEGGED_TASKS = ("anymal_c_flat", "g1_flat")
 
 

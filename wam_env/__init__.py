@@ -7,7 +7,8 @@ Importing ``wam_env`` registers, for every task with a registered name:
   ``gym.make_vec`` → batched torch :class:`ImaginedVecEnv`),
 
 ``wam/AnymalC-Flat-Imagined-v0`` / ``wam/G1-Flat-Imagined-v0`` for legged world models
-(:mod:`wam_env.legged`), and ``wam/Imagined-v0`` for any checkpoint (the task is read from the checkpoint, so a model
+(:mod:`wam_env.legged`), ``wam/PushT-Pixels-Imagined-v0`` for pixel world models
+(:mod:`wam_env.pixels`; ``wam/PushT-Pixels-v0`` is the real Push-T with 64x64 frames), and ``wam/Imagined-v0`` for any checkpoint (the task is read from the checkpoint, so a model
 trained on any Gymnasium env works with its learned reward and termination heads).
 """
 
@@ -54,6 +55,11 @@ def register_envs() -> None:
             kwargs={"task": name},
         )
     _register("wam/Imagined-v0", entry_point=_IMAGINED, vector_entry_point=_IMAGINED_VEC)
+    # pixel world models (wam_env/pixels.py); the real env needs the `pixels` extra (gym-pusht)
+    _register("wam/PushT-Pixels-v0", entry_point="gym_pusht.envs:PushTEnv", max_episode_steps=300,
+              kwargs={"obs_type": "pixels_agent_pos", "observation_width": 64, "observation_height": 64})
+    _register("wam/PushT-Pixels-Imagined-v0", entry_point="wam_env.pixels:ImaginedPixelEnv",
+              vector_entry_point="wam_env.pixels:ImaginedPixelVecEnv")
 
 
 register_envs()

@@ -11,12 +11,14 @@ from world_models.gru import DualAutoregressiveGRU
 from world_models.heads import TransitionHeads, termination_metrics
 from world_models.mlp_ensemble import ProbabilisticEnsemble
 from world_models.normalizer import Normalizer
+from world_models.pixel import PixelWorldModel
 from world_models.training import WorldModelTrainConfig, open_loop_error, open_loop_rollout, train_world_model
 
 # name used in configs, the CLI and checkpoints -> class
 MODELS: dict[str, type[WorldModel]] = {
     "rwm_gru": DualAutoregressiveGRU,
     "mlp_ensemble": ProbabilisticEnsemble,
+    "pixel_dit": PixelWorldModel,
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "termination_metrics",
     "DualAutoregressiveGRU",
     "ProbabilisticEnsemble",
+    "PixelWorldModel",
     "MODELS",
     "build_model",
     "config_keys",

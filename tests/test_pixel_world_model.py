@@ -1,0 +1,196 @@
+"""Pixel world models: frame store, causal tokenizer, action-conditioned DiT, imagined pixel envs,
+Cosmos adapter (diffusers, the ``pixels`` extra), Push-T task (gym-pusht, the ``pixels`` extra)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import wam_env  # noqa: F401  (registers the env ids)
+from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from world_models.data import DatasetError
+from world_models.pixel.frames import FrameStore, FrameWindows
+from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
+from world_models.pixel.training import PixelTrainConfig, open_loop, psnr, ssim, train_pixel_model
+
+SIZE = 16
+TINY = dict(frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32, depth=2, heads=2,
+            patch=1, reward_hidden=16)
+
+
+def spec(history: int = 2) -> ModelSpec:
+    return ModelSpec(obs_dim=2, action_dim=2, action_low=(0.0, 0.0), action_high=(512.0, 512.0), history=history,
+                     forecast=1, dt=0.1, obs_low=(0.0, 0.0), obs_high=(512.0, 512.0))
+
+
+def square_frames(pos: np.ndarray) -> np.ndarray:
+    """White (SIZE, SIZE) frames with a 4x4 dark square at world position pos (N, 2) in [0, 512]."""
+    out = np.full((len(pos), SIZE, SIZE, 3), 255, np.uint8)
+    cells = np.clip((pos / 512 * SIZE).astype(int) - 2, 0, SIZE - 4)
+    for i, (u, v) in enumerate(cells):
+        out[i, v : v + 4, u : u + 4] = (40, 60, 200)
+    return out
+
+
+def square_rows(episodes: int = 40, steps: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
+    """Frame rows of a toy world: the square jumps to the commanded position (action) each step;
+    coverage = how close it is to the centre."""
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step")}
+    for ep in range(episodes):
+        pos = rng.uniform(64, 448, 2)
+        for t in range(steps + 1):
+            action = rng.uniform(64, 448, 2) if t < steps else np.zeros(2)
+            cov = float(np.exp(-np.linalg.norm(pos - 256) / 100))
+            for k, v in (("pixels", square_frames(pos[None])[0]), ("agent_pos", pos), ("action", action), ("coverage", cov),
+                         ("success", cov > 0.95), ("last", t == steps), ("episode", ep), ("step", t)):
+                rows[k].append(v)
+            pos = action
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: a second thread only adds contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_square_model(one_thread):
+    torch.manual_seed(0)
+    rows = square_rows()
+    model = build_model("pixel_dit", spec(), **TINY)
+    cfg = PixelTrainConfig(tokenizer_steps=80, tokenizer_batch=16, tokenizer_lr=3e-3, dynamics_steps=300, dynamics_batch=32,
+                           dynamics_lr=3e-3)
+    metrics = train_pixel_model(model, rows, square_rows(4, seed=1), cfg, progress=False)
+    return model, rows, metrics
+
+
+def test_frame_store_round_trip_and_windows(tmp_path):
+    rows = square_rows(3, steps=4)
+    store = FrameStore(tmp_path / "d", {"task": "toy", "frame_shape": [SIZE, SIZE, 3], "state_dim": 2, "action_dim": 2,
+                                        "action_low": [0, 0], "action_high": [512, 512]})
+    store.append(rows)
+    store.append(rows)
+    back = FrameStore(tmp_path / "d").load()
+    assert back["pixels"].dtype == np.uint8 and len(back["step"]) == 2 * len(rows["step"])
+    assert np.unique(back["episode"]).tolist() == list(range(6))
+    with pytest.raises(DatasetError, match="pixels"):
+        store.append({**rows, "pixels": rows["pixels"][:, :8]})
+    w = FrameWindows(back, context=3, future=1).window(torch.tensor([0, 2]))
+    # row 0 starts an episode: the context repeats it, at rest (prev_action = own position)
+    assert torch.equal(w["pixels"][0, 0], w["pixels"][0, 2])
+    assert torch.allclose(w["prev_action"][0, :3], w["agent_pos"][0, :3])
+    assert torch.allclose(w["prev_action"][1, 2], torch.as_tensor(back["action"][1]))  # action that led to row 2
+
+
+def test_tokenizer_is_causal_and_round_trips(trained_square_model):
+    tok = CausalVideoTokenizer(4, (8, 8, 16, 16)).eval()
+    video = to_unit(torch.as_tensor(square_frames(np.random.default_rng(0).uniform(0, 512, (3, 2)))))[None]
+    z = tok.encode(video)
+    assert z.shape == (1, 3, 4, SIZE // 8, SIZE // 8)
+    assert torch.allclose(tok.encode(video[:, :1])[:, 0], z[:, 0], atol=1e-5)  # the first frame is encoded alone
+    changed = video.clone()
+    changed[:, 2] = -changed[:, 2]
+    assert torch.allclose(tok.encode(changed)[:, :2], z[:, :2], atol=1e-5)  # no frame sees the future
+    assert torch.equal(to_uint8(to_unit(torch.as_tensor(square_frames(np.array([[100.0, 200.0]]))))), torch.as_tensor(square_frames(np.array([[100.0, 200.0]]))))
+    _, _, metrics = trained_square_model
+    assert metrics["tokenizer_psnr"] > 18.0 and metrics["tokenizer_ssim"] > 0.5
+
+
+def test_psnr_ssim_sanity():
+    a = torch.as_tensor(square_frames(np.array([[100.0, 100.0]])))
+    b = torch.as_tensor(square_frames(np.array([[400.0, 400.0]])))
+    assert float(ssim(a, a)) == pytest.approx(1.0, abs=1e-4) and float(psnr(a, a)) > 90
+    assert float(ssim(a, b)) < 0.95 and float(psnr(a, b)) < 20
+
+
+def test_action_conditioning_matters(trained_square_model):
+    model, rows, _ = trained_square_model
+    start = {"pixels": torch.as_tensor(square_frames(np.array([[256.0, 256.0]] * 2))), "agent_pos": torch.full((2, 2), 256.0)}
+    carry = model.observe(model.initial(2), start, start["agent_pos"], torch.ones(2, dtype=torch.bool))
+    targets = torch.tensor([[100.0, 100.0], [420.0, 400.0]])
+    with torch.no_grad():
+        _, pred = model.imagine(carry, targets, sample=False)
+    frames = pred.extras["pixels"]
+    truth = torch.as_tensor(square_frames(targets.numpy()))
+    assert float(psnr(frames[0], frames[1])) < 25  # different actions -> different frames
+    assert float(psnr(frames[0], truth[0])) > float(psnr(frames[0], truth[1])) + 2
+    assert float(psnr(frames[1], truth[1])) > float(psnr(frames[1], truth[0])) + 2
+    assert torch.allclose(pred.obs, targets, atol=60)  # agent head
+    ol = open_loop(model, rows, horizon=3, starts=4)
+    assert ol["psnr"].shape == (4, 3) and ol["imagined"].dtype == torch.uint8
+
+
+def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):
+    from gymnasium.utils.env_checker import check_env
+
+    model, rows, _ = trained_square_model
+    first = rows["step"] == 0
+    save_checkpoint(model, tmp_path / "m", extra={"task": "toy"},
+                    tensors={"start/pixels": torch.as_tensor(rows["pixels"][first]), "start/agent_pos": torch.as_tensor(rows["agent_pos"][first])})
+    loaded, extra, tensors = load_checkpoint(tmp_path / "m")
+    assert extra["task"] == "toy" and tensors["start/pixels"].dtype == torch.uint8
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+    env = gym.make("wam/PushT-Pixels-Imagined-v0", model=str(tmp_path / "m"), render_mode="rgb_array", max_episode_steps=20)
+    check_env(env.unwrapped, skip_render_check=False)
+    obs, _ = env.reset(seed=3)
+    assert obs["pixels"].shape == (SIZE, SIZE, 3) and obs["pixels"].dtype == np.uint8
+    obs2, r, term, trunc, info = env.step(np.array([300.0, 200.0], np.float32))
+    assert 0.0 <= r <= 1.0 and "coverage" in info and env.render().shape == (SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="outside the action space"):
+        env.step(np.array([600.0, 0.0], np.float32))
+
+    venv = gym.make_vec("wam/PushT-Pixels-Imagined-v0", num_envs=5, vectorization_mode="vector_entry_point",
+                        model=model, start_data={"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]},
+                        max_episode_steps=3)
+    obs, _ = venv.reset(seed=0)
+    assert obs["pixels"].shape == (5, SIZE, SIZE, 3) and torch.is_tensor(obs["pixels"]) and obs["agent_pos"].dtype == torch.float32
+    for t in range(3):
+        obs, reward, term, trunc, info = venv.step(torch.full((5, 2), 256.0))
+    assert bool(trunc.all()) and info["final_obs"]["pixels"].shape == (5, SIZE, SIZE, 3)
+    assert venv.render().shape == (5, SIZE, SIZE, 3)
+
+
+def test_cosmos_adapter_builds_and_steps():
+    pytest.importorskip("diffusers", reason="the Cosmos adapter needs the `pixels` extra (diffusers)")
+    from world_models.pixel.cosmos_adapter import load_cosmos, tiny_cosmos
+
+    torch.manual_seed(0)
+    model = tiny_cosmos(spec(), frame_size=32)
+    start = {"pixels": torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8), "agent_pos": torch.full((2, 2), 200.0)}
+    carry = model.observe(model.initial(2), start, start["agent_pos"], torch.ones(2, dtype=torch.bool))
+    batch = {"latents": torch.randn(2, 3, 4, 4, 4), "agent_pos": torch.rand(2, 3, 2) * 512,
+             "prev_action": torch.rand(2, 3, 2) * 512, "coverage": torch.rand(2, 3), "valid": torch.ones(2, 3, dtype=torch.bool)}
+    model.loss(batch)["loss"].backward()
+    assert model.dit.transformer.time_embed.to_temb.weight.grad is not None  # the action path trains
+    with torch.no_grad():
+        for p in (model.dit.transformer.time_embed.to_temb.weight, model.dit.transformer.time_embed.to_emb.weight):
+            p.normal_(0, 0.5)  # as after post-training: actions now reach the adaLN
+        preds = [model.imagine(carry, torch.full((2, 2), a), generator=torch.Generator().manual_seed(0))[1] for a in (50.0, 450.0)]
+    assert preds[0].extras["pixels"].shape == (2, 32, 32, 3)
+    assert not torch.allclose(preds[0].extras["latent"], preds[1].extras["latent"])
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_cosmos("/nonexistent/cosmos", spec(), 32)
+
+
+def test_pusht_task_collects_frames():
+    pytest.importorskip("gym_pusht", reason="Push-T needs the `pixels` extra (gym-pusht)")
+    from tasks.pusht import PushPolicy, block_centroid, centroid_from_frame, collect_pusht, make_pusht_env
+
+    rows = collect_pusht(2, max_steps=10, seed=0, progress=False)
+    assert rows["pixels"].shape[1:] == (64, 64, 3) and rows["pixels"].dtype == np.uint8
+    assert rows["last"].sum() == 2 and (rows["coverage"] >= 0).all()
+    env = make_pusht_env()
+    obs, info = env.reset(seed=5)
+    est = centroid_from_frame(obs["pixels"])
+    assert np.linalg.norm(est - block_centroid(info["block_pose"])) < 15.0
+    a = PushPolicy(noise=50.0).act(obs)
+    assert env.action_space.contains(a)

@@ -1,0 +1,151 @@
+"""Action-conditioned latent flow-matching transformer (a small DiT), IRASim / Cosmos style.
+
+Latent frames (C, h, w) are cut into p x p patches: h*w/p^2 tokens per frame. Every frame
+carries a conditioning vector built from the action that led to it, the agent state it shows
+and its noise level; adaLN-Zero modulates each frame's tokens with its own vector
+(frame-level action conditioning, IRASim).
+
+Training is teacher-forced over a whole window in one pass: the sequence holds a *clean*
+copy of every frame (context, lightly noised: noise augmentation, level embedded) and a
+*noisy* copy of frames 1..L-1 (flow-matching targets). A noisy frame attends to the clean
+frames before it and to itself; a clean frame to the clean frames up to it. Generation uses
+the same mask with K clean context frames and one noisy frame, integrated by a few Euler
+steps of the flow x_tau = tau * x1 + (1 - tau) * x0 (x0 ~ N(0, I), tau = 1 clean).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels tau (...,) in [0, 1] -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=tau.device, dtype=torch.float32) / half)
+    arg = (tau.float() * 1000.0)[..., None] * freqs
+    return torch.cat([arg.cos(), arg.sin()], dim=-1)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation by per-token conditioning."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, S, dim), cond (B, S, dim) per-token conditioning, mask (S, S) bool (True = may attend)."""
+        s1, g1, a1, s2, g2, a2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + g1) + s1
+        b, s, d = h.shape
+        q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, s, d)
+        x = x + a1 * self.proj(h)
+        h = self.norm2(x) * (1 + g2) + s2
+        return x + a2 * self.mlp(h)
+
+
+def frame_mask(frame: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """Attention mask (S, S) from each token's frame index (S,) and stream flag (S,) bool."""
+    fq, fk = frame[:, None], frame[None, :]
+    nq, nk = noisy[:, None], noisy[None, :]
+    clean_key = ~nk & ((~nq & (fk <= fq)) | (nq & (fk < fq)))
+    return clean_key | (nk & nq & (fk == fq))
+
+
+class LatentFlowDiT(nn.Module):
+    """Velocity field v(x_tau, tau | clean context, per-frame conditioning) over latent frames.
+
+    Args:
+        latent_channels, latent_size: C and (h, w) of a latent frame.
+        patch: p, latent pixels per token side.
+        cond_dim: size of the per-frame conditioning input (action + agent state features).
+        max_frames: longest window (context + target frames) the positional table covers.
+    """
+
+    def __init__(self, latent_channels: int, latent_size: tuple[int, int], cond_dim: int, dim: int = 128,
+                 depth: int = 4, heads: int = 4, patch: int = 2, max_frames: int = 16):
+        super().__init__()
+        h, w = latent_size
+        if h % patch or w % patch or dim % heads:
+            raise ValueError(f"latent size {latent_size} must be divisible by patch {patch} and dim {dim} by heads {heads}")
+        self.c, self.h, self.w, self.p, self.dim = latent_channels, h, w, patch, dim
+        self.tokens = (h // patch) * (w // patch)
+        token_in = latent_channels * patch * patch
+        self.embed = nn.Linear(token_in, dim)
+        self.pos_space = nn.Parameter(torch.randn(self.tokens, dim) * 0.02)
+        self.pos_time = nn.Parameter(torch.randn(max_frames, dim) * 0.02)
+        self.stream = nn.Parameter(torch.zeros(2, dim))  # clean / noisy stream embedding
+        self.cond = nn.Sequential(nn.Linear(cond_dim + dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, token_in)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        self.max_frames = max_frames
+
+    def patchify(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, T, tokens, C*p*p)."""
+        b, t, c, h, w = z.shape
+        p = self.p
+        z = z.reshape(b, t, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return z.reshape(b, t, self.tokens, c * p * p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, tokens, C*p*p) -> (B, T, C, h, w)."""
+        b, t = x.shape[:2]
+        p = self.p
+        x = x.reshape(b, t, self.h // p, self.w // p, self.c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, t, self.c, self.h, self.w)
+
+    def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
+                noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
+                noisy_frames: torch.Tensor) -> torch.Tensor:
+        """Velocities of the noisy frames.
+
+        Args:
+            clean: (B, L, C, h, w) context latents (normalized, possibly noise-augmented).
+            clean_tau: (B, L) their noise level (1 = clean).
+            clean_cond: (B, L, cond_dim) their conditioning.
+            noisy: (B, G, C, h, w) noisy latents x_tau of the frames being generated.
+            noisy_tau: (B, G) flow time of each.
+            noisy_cond: (B, G, cond_dim) their conditioning.
+            noisy_frames: (G,) long, the window position of each noisy frame (>= 1; it attends
+                to the clean frames before it).
+        Returns: (B, G, C, h, w) predicted velocity x1 - x0.
+        """
+        b, l = clean.shape[:2]
+        g = noisy.shape[1]
+        if l > self.max_frames or int(noisy_frames.max()) >= self.max_frames:
+            raise ValueError(f"window of {l} frames exceeds max_frames={self.max_frames}")
+        dev = clean.device
+        frames = torch.cat([torch.arange(l, device=dev), noisy_frames.to(dev)])
+        is_noisy = torch.cat([torch.zeros(l, dtype=torch.bool, device=dev), torch.ones(g, dtype=torch.bool, device=dev)])
+        x = self.embed(torch.cat([self.patchify(clean), self.patchify(noisy)], dim=1))  # (B, L+G, n, dim)
+        x = x + self.pos_space + self.pos_time[frames][None, :, None] + self.stream[is_noisy.long()][None, :, None]
+        tau = torch.cat([clean_tau, noisy_tau], dim=1)
+        cond = self.cond(torch.cat([torch.cat([clean_cond, noisy_cond], dim=1), timestep_embedding(tau, self.dim)], dim=-1))
+        n = self.tokens
+        x = x.flatten(1, 2)
+        cond = cond[:, :, None].expand(-1, -1, n, -1).flatten(1, 2)
+        mask = frame_mask(frames.repeat_interleave(n), is_noisy.repeat_interleave(n))
+        for block in self.blocks:
+            x = block(x, cond, mask)
+        shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
+        x = self.out(self.norm_out(x) * (1 + scale) + shift)
+        return self.unpatchify(x.unflatten(1, (l + g, n))[:, l:])

@@ -1,0 +1,233 @@
+"""The pixel world model behind the common protocol: causal tokenizer + latent flow DiT +
+coverage head + agent-state head.
+
+Observations are dicts, as the Gymnasium env's: ``{"pixels": (B, H, W, 3) uint8,
+"agent_pos": (B, S) float}``; ``spec.obs_dim`` = S (the agent state; ``spec.obs_low`` /
+``obs_high`` its box, used for normalization), ``spec.history`` = K context frames. The carry:
+
+- ``obs`` (B, S) agent state, ``pixels`` (B, H, W, 3) uint8 last frame (real or imagined),
+- ``latents`` (B, K, C, h, w) the last K latent frames (raw tokenizer units),
+- ``agent_pos`` (B, K, S) and ``prev_action`` (B, K, A): state shown by, and action that led to,
+  each of those frames.
+
+``imagine`` returns ``Prediction(obs=agent state, reward, termination_logit, extras={"pixels":
+uint8 frames, "coverage": (B,) in [0, 1], "latent": (B, C, h, w)})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from world_models.base import Carry, ModelSpec, Prediction, WorldModel
+from world_models.pixel.dynamics import LatentFlowDiT
+from world_models.pixel.reward import AgentHead, CoverageHead
+from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
+
+
+class PixelWorldModel(WorldModel):
+    """Cosmos-style pixel world model (see module doc).
+
+    Args:
+        spec: agent-state dim / box, action dim / box, ``history`` = K context frames (>= 1).
+        frame_size: H = W of the square RGB frames (multiple of 8 * patch).
+        latent_channels: C of the tokenizer's latent (spatial compression x8).
+        tokenizer_channels: stage widths of the tokenizer (4 multiples of 8).
+        dim, depth, heads, patch: DiT width, blocks, attention heads, latent patch size.
+        sample_steps: Euler steps of the flow when generating a frame (few-step sampling).
+        context_noise: max noise level of the context-frame augmentation during training.
+        infer_context_noise: noise level put on context frames while imagining (``sample=True``).
+        success_coverage: coverage above which the task counts as solved; the reward is
+            clip(coverage / success_coverage, 0, 1) (Push-T's).
+        reward_hidden: width of the coverage head.
+    """
+
+    has_reward_head = True
+    has_termination_head = True
+
+    def __init__(self, spec: ModelSpec, frame_size: int = 64, latent_channels: int = 16,
+                 tokenizer_channels: tuple[int, ...] = (16, 32, 64, 96), dim: int = 128, depth: int = 4,
+                 heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
+                 infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64):
+        super().__init__()
+        if spec.history < 1:
+            raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
+        if not spec.obs_low:
+            raise ValueError("PixelWorldModel needs spec.obs_low / obs_high (the agent-state box) for normalization")
+        if frame_size % (8 * patch):
+            raise ValueError(f"frame_size {frame_size} must be a multiple of 8 * patch = {8 * patch}")
+        if sample_steps < 1:
+            raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
+        self.spec = spec
+        self._config = dict(frame_size=frame_size, latent_channels=latent_channels,
+                            tokenizer_channels=list(tokenizer_channels), dim=dim, depth=depth, heads=heads,
+                            patch=patch, sample_steps=sample_steps, context_noise=context_noise,
+                            infer_context_noise=infer_context_noise, success_coverage=success_coverage,
+                            reward_hidden=reward_hidden)
+        self.frame_size, self.k = frame_size, spec.history
+        self.latent_size = frame_size // 8
+        self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
+        self.success_coverage = success_coverage
+        s, a = spec.obs_dim, spec.action_dim
+        self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels))
+        self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
+                                 heads=heads, patch=patch, max_frames=self.k + 1)
+        self.coverage_head = CoverageHead(latent_channels, reward_hidden)
+        self.agent_head = AgentHead(self.k, s, a)
+        self.register_buffer("latent_mean", torch.zeros(latent_channels))
+        self.register_buffer("latent_std", torch.ones(latent_channels))
+        for name, lo, hi in (("obs", spec.obs_low, spec.obs_high), ("action", spec.action_low, spec.action_high)):
+            lo_t, hi_t = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+            self.register_buffer(f"{name}_mid", (lo_t + hi_t) / 2)
+            self.register_buffer(f"{name}_half", ((hi_t - lo_t) / 2).clamp_min(1e-6))
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    # ---- normalization -------------------------------------------------------------------
+    def norm_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def denorm_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+
+    def norm_obs(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.obs_mid) / self.obs_half
+
+    def norm_action(self, a: torch.Tensor) -> torch.Tensor:
+        return (a - self.action_mid) / self.action_half
+
+    @torch.no_grad()
+    def fit_latent_stats(self, latents: torch.Tensor) -> None:
+        """Per-channel mean / std of raw tokenizer latents (N, C, h, w): the DiT's units."""
+        self.latent_mean.copy_(latents.mean(dim=(0, 2, 3)))
+        self.latent_std.copy_(latents.std(dim=(0, 2, 3)).clamp_min(1e-4))
+
+    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
+        """Latent statistics from ``data["latents"]`` (N, C, h, w); states / actions use their boxes."""
+        self.fit_latent_stats(data["latents"])
+
+    # ---- protocol ------------------------------------------------------------------------
+    def initial(self, batch: int) -> Carry:
+        dev, s, a, c, h = self.latent_mean.device, self.spec.obs_dim, self.spec.action_dim, self.tokenizer.latent_channels, self.latent_size
+        return {
+            "obs": torch.zeros(batch, s, device=dev),
+            "pixels": torch.zeros(batch, self.frame_size, self.frame_size, 3, dtype=torch.uint8, device=dev),
+            "latents": torch.zeros(batch, self.k, c, h, h, device=dev),
+            "agent_pos": torch.zeros(batch, self.k, s, device=dev),
+            "prev_action": torch.zeros(batch, self.k, a, device=dev),
+        }
+
+    def check_obs(self, obs: dict[str, torch.Tensor]) -> None:
+        """Raise a ValueError naming the problem when ``obs`` is not {pixels (B, H, W, 3) uint8, agent_pos (B, S)}."""
+        if not isinstance(obs, dict) or set(obs) != {"pixels", "agent_pos"}:
+            raise ValueError(f"pixel observations must be a dict with keys 'pixels' and 'agent_pos', got {type(obs).__name__} {list(obs) if isinstance(obs, dict) else ''}")
+        px, pos = obs["pixels"], obs["agent_pos"]
+        want = (self.frame_size, self.frame_size, 3)
+        if px.ndim != 4 or tuple(px.shape[1:]) != want or px.dtype != torch.uint8:
+            raise ValueError(f"obs['pixels'] must be uint8 (B, {want[0]}, {want[1]}, 3), got {px.dtype} {tuple(px.shape)}")
+        if pos.shape != (px.shape[0], self.spec.obs_dim):
+            raise ValueError(f"obs['agent_pos'] must have shape ({px.shape[0]}, {self.spec.obs_dim}), got {tuple(pos.shape)}")
+
+    def observe(self, carry: Carry, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, is_first: torch.Tensor) -> Carry:
+        """Fold one real frame into the carry (``obs`` as in the module doc; ``prev_action`` (B, A)
+        ignored where ``is_first`` (B,) — a first frame fills the whole context, at rest)."""
+        self.check_obs(obs)
+        px, pos = obs["pixels"], obs["agent_pos"].float()
+        first = is_first.bool()
+        prev_px = torch.where(first[:, None, None, None], px, carry["pixels"])
+        z = self.tokenizer.encode_next(to_unit(px), to_unit(prev_px))
+        prev_action = torch.where(first[:, None], pos, prev_action.float())
+
+        def push(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            rolled = torch.cat([hist[:, 1:], new[:, None]], dim=1)
+            filled = new[:, None].expand_as(hist)
+            return torch.where(first.view(-1, *([1] * (hist.ndim - 1))), filled, rolled)
+
+        return {"obs": pos, "pixels": px, "latents": push(carry["latents"], z),
+                "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
+
+    def observe_sequence(self, carry: Carry, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, is_first: torch.Tensor) -> Carry:
+        """``observe`` over time: obs dict of (B, T, ...) tensors, prev_action (B, T, A), is_first (B, T)."""
+        for t in range(prev_action.shape[1]):
+            carry = self.observe(carry, {k: v[:, t] for k, v in obs.items()}, prev_action[:, t], is_first[:, t])
+        return carry
+
+    def _velocity(self, ctx: torch.Tensor, ctx_tau: torch.Tensor, ctx_cond: torch.Tensor, x: torch.Tensor,
+                  tau: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        frames = torch.tensor([ctx.shape[1]], device=ctx.device)
+        return self.dit(ctx, ctx_tau, ctx_cond, x[:, None], tau[:, None], cond[:, None], frames)[:, 0]
+
+    def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[Carry, Prediction]:
+        if action.ndim != 2 or action.shape != (carry["obs"].shape[0], self.spec.action_dim):
+            raise ValueError(f"action must have shape ({carry['obs'].shape[0]}, {self.spec.action_dim}), got {tuple(action.shape)}")
+        b, dev = action.shape[0], action.device
+        states, acts = self.norm_obs(carry["agent_pos"]), self.norm_action(carry["prev_action"])
+        a = self.norm_action(action.float())
+        pos_n = states[:, -1] + self.agent_head(states, torch.cat([acts, a[:, None]], dim=1))
+        pos_n = pos_n.clamp(-1, 1)
+        ctx = self.norm_latent(carry["latents"])
+        level = self.infer_context_noise if sample else 0.0
+        if level > 0:
+            noise = torch.randn(ctx.shape, device=dev, generator=generator)
+            ctx = (1 - level) * ctx + level * noise
+        ctx_tau = torch.full(ctx.shape[:2], 1.0 - self.infer_context_noise, device=dev)
+        ctx_cond = torch.cat([acts, states], dim=-1)
+        cond = torch.cat([a, pos_n], dim=-1)
+        shape = ctx.shape[:1] + ctx.shape[2:]
+        x = torch.randn(shape, device=dev, generator=generator) if sample else torch.zeros(shape, device=dev)
+        n = self.sample_steps
+        for i in range(n):
+            tau = torch.full((b,), i / n, device=dev)
+            x = x + self._velocity(ctx, ctx_tau, ctx_cond, x, tau, cond) / n
+        z = self.denorm_latent(x)
+        pixels = to_uint8(self.tokenizer.decode(z))
+        logit = self.coverage_head(z)
+        coverage = torch.sigmoid(logit)
+        pos = pos_n * self.obs_half + self.obs_mid
+        thr = torch.tensor(self.success_coverage, device=dev)
+        term_logit = logit - torch.log(thr / (1 - thr))  # > 0 exactly where coverage > success_coverage
+        new = {"obs": pos, "pixels": pixels,
+               "latents": torch.cat([carry["latents"][:, 1:], z[:, None]], dim=1),
+               "agent_pos": torch.cat([carry["agent_pos"][:, 1:], pos[:, None]], dim=1),
+               "prev_action": torch.cat([carry["prev_action"][:, 1:], action.float()[:, None]], dim=1)}
+        pred = Prediction(obs=pos, uncertainty=torch.zeros(b, device=dev),
+                          reward=(coverage / self.success_coverage).clamp(0, 1), termination_logit=term_logit,
+                          extras={"pixels": pixels, "coverage": coverage, "latent": z})
+        return new, pred
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Dynamics + coverage + agent losses on windows of K + 1 rows (see
+        :class:`world_models.pixel.frames.FrameWindows` with ``context=K, future=1``):
+        ``latents`` (B, K+1, C, h, w) raw tokenizer latents, ``agent_pos`` (B, K+1, S),
+        ``prev_action`` (B, K+1, A), ``coverage`` (B, K+1), ``valid`` (B, K+1) bool.
+        Every frame 1..K is a flow-matching target given the clean frames before it."""
+        z = self.norm_latent(batch["latents"].float())
+        b, l = z.shape[:2]
+        if l != self.k + 1:
+            raise ValueError(f"PixelWorldModel.loss needs windows of K + 1 = {self.k + 1} frames, got {l}")
+        dev = z.device
+        states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
+        cond = torch.cat([acts, states], dim=-1)
+        level = torch.rand(b, l, device=dev) * self.context_noise
+        clean = (1 - level)[..., None, None, None] * z + level[..., None, None, None] * torch.randn_like(z)
+        x1 = z[:, 1:]
+        x0 = torch.randn_like(x1)
+        tau = torch.rand(b, l - 1, device=dev)
+        xt = tau[..., None, None, None] * x1 + (1 - tau[..., None, None, None]) * x0
+        v = self.dit(clean, 1 - level, cond, xt, tau, cond[:, 1:], torch.arange(1, l, device=dev))
+        valid = batch["valid"][:, 1:].float()
+        per_frame = (v - (x1 - x0)).pow(2).mean(dim=(2, 3, 4))
+        flow = (per_frame * valid).sum() / valid.sum().clamp_min(1)
+        # coverage head on clean and on context-noised latents (imagined latents are never exact)
+        zs = torch.cat([batch["latents"].float(), self.denorm_latent(clean)], dim=0).flatten(0, 1)
+        cov = torch.cat([batch["coverage"].float()] * 2, dim=0).flatten()
+        reward = self.coverage_head.loss(zs, cov)
+        delta = self.agent_head(states[:, :-1], acts)
+        agent = F.mse_loss(delta, states[:, -1] - states[:, -2])
+        return {"loss": flow + reward + 10.0 * agent, "flow": flow.detach(), "coverage_bce": reward.detach(),
+                "agent_mse": agent.detach()}

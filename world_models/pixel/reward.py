@@ -1,0 +1,45 @@
+"""Heads on latent frames: the learned coverage / success head (Push-T's reward comes from it)
+and the agent-state head (the pusher's next position from its recent positions and actions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class CoverageHead(nn.Module):
+    """Coverage logit (B,) of a latent frame (B, C, h, w); sigmoid(logit) is the coverage in [0, 1]
+    (trained with BCE on the true coverage as a soft label, so it is calibrated as a mean)."""
+
+    def __init__(self, latent_channels: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(-1)
+
+    def loss(self, z: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        """BCE of the logits of latents (B, C, h, w) against coverage (B,) in [0, 1]."""
+        return F.binary_cross_entropy_with_logits(self(z), coverage.clamp(0, 1))
+
+
+class AgentHead(nn.Module):
+    """Next agent state from the last K normalized states (B, K, S) and the actions that led to
+    them plus the new action, normalized (B, K + 1, A): predicts the normalized change (B, S)."""
+
+    def __init__(self, context: int, state_dim: int, action_dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear((context + 1) * state_dim + (context + 1) * action_dim, hidden), nn.SiLU(),
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, state_dim),
+        )
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        rel = states - states[:, -1:]  # positions relative to the current one
+        x = torch.cat([rel.flatten(1), states[:, -1], actions.flatten(1)], dim=-1)
+        return self.net(x)

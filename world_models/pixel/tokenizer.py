@@ -1,0 +1,96 @@
+"""Causal video tokenizer: a convolutional autoencoder with x8 spatial compression, continuous
+latents, and a causal temporal mixing layer (Cosmos tokenizer's causality, without temporal
+compression).
+
+Frame t's latent depends on frames t and t-1 only; the frame before the first is the first
+itself (replicate padding, as Cosmos' causal convolutions), so the first frame of a video is
+encoded alone and a video can be encoded one frame at a time. Decoding is per frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    return frames.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 frames (..., H, W, 3) (clipped)."""
+    return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, ch), nn.Conv2d(ch, ch, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(8, ch), nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class CausalVideoTokenizer(nn.Module):
+    """Frames (B, T, 3, H, W) in [-1, 1] <-> latents (B, T, C, H/8, W/8).
+
+    Args:
+        latent_channels: C, channels of the continuous latent.
+        channels: widths of the stem and the three stride-2 stages (4 numbers, each a multiple of 8).
+    """
+
+    def __init__(self, latent_channels: int = 16, channels: tuple[int, ...] = (16, 32, 64, 96)):
+        super().__init__()
+        if len(channels) != 4 or any(c % 8 for c in channels):
+            raise ValueError(f"tokenizer channels must be 4 multiples of 8, got {channels}")
+        c0, c1, c2, c3 = channels
+        self.latent_channels = latent_channels
+        self.enc = nn.Sequential(
+            nn.Conv2d(3, c0, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(c0, c1, 4, stride=2, padding=1), ResBlock(c1),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), ResBlock(c2),
+            nn.Conv2d(c2, c3, 4, stride=2, padding=1), ResBlock(c3),
+        )
+        # causal temporal mixing of frame t's features with frame t-1's (kernel 2 in time)
+        self.temporal = nn.Sequential(nn.Conv2d(2 * c3, c3, 1), nn.SiLU(), nn.Conv2d(c3, c3, 1))
+        self.to_latent = nn.Sequential(nn.GroupNorm(8, c3), nn.SiLU(), nn.Conv2d(c3, latent_channels, 1))
+        self.dec = nn.Sequential(
+            nn.Conv2d(latent_channels, c3, 3, padding=1), ResBlock(c3),
+            nn.ConvTranspose2d(c3, c2, 4, stride=2, padding=1), ResBlock(c2),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), ResBlock(c1),
+            nn.ConvTranspose2d(c1, c0, 4, stride=2, padding=1), nn.GroupNorm(8, c0), nn.SiLU(),
+            nn.Conv2d(c0, 3, 3, padding=1),
+        )
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Causal encoding: frames (B, T, 3, H, W) in [-1, 1] -> latents (B, T, C, H/8, W/8)."""
+        if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[-1] % 8 or frames.shape[-2] % 8:
+            raise ValueError(f"frames must have shape (B, T, 3, H, W) with H, W multiples of 8, got {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        feat = self.enc(frames.flatten(0, 1)).unflatten(0, (b, t))
+        prev = torch.cat([feat[:, :1], feat[:, :-1]], dim=1)  # replicate padding: frame -1 := frame 0
+        mixed = feat + self.temporal(torch.cat([feat, prev], dim=2).flatten(0, 1)).unflatten(0, (b, t))
+        return self.to_latent(mixed.flatten(0, 1)).unflatten(0, (b, t))
+
+    def encode_next(self, frame: torch.Tensor, prev_frame: torch.Tensor) -> torch.Tensor:
+        """Latent of one new frame (B, 3, H, W) given the frame before it (B, 3, H, W) (pass the
+        frame itself for the first frame of a video): (B, C, h, w)."""
+        return self.encode(torch.stack([prev_frame, frame], dim=1))[:, 1]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (..., C, h, w) -> images (..., 3, 8h, 8w) in about [-1, 1] (not clipped)."""
+        lead = latents.shape[:-3]
+        return self.dec(latents.reshape(-1, *latents.shape[-3:])).reshape(*lead, 3, latents.shape[-2] * 8, latents.shape[-1] * 8)
+
+    def loss(self, frames: torch.Tensor, latent_weight: float = 1e-4) -> dict[str, torch.Tensor]:
+        """Reconstruction loss on a clip (B, T, 3, H, W) in [-1, 1]: MSE + 0.1 L1 + a small latent
+        L2 (keeps the continuous latent's scale bounded)."""
+        z = self.encode(frames)
+        rec = self.decode(z)
+        mse = F.mse_loss(rec, frames)
+        loss = mse + 0.1 * (rec - frames).abs().mean() + latent_weight * z.pow(2).mean()
+        return {"loss": loss, "mse": mse.detach()}

@@ -1,0 +1,186 @@
+"""Training of the pixel world model in two stages, and its image metrics.
+
+1. the tokenizer on pairs of consecutive frames (reconstruction),
+2. frozen tokenizer: every frame is encoded once (causally), then the DiT, the coverage head
+   and the agent head train on latent windows (:meth:`PixelWorldModel.loss`).
+
+Metrics: PSNR (dB, frames in [0, 1]) and SSIM (11x11 Gaussian window, sigma 1.5, per channel,
+averaged), and open-loop rollouts from real context with the real actions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from world_models.pixel.frames import FrameWindows
+from world_models.pixel.model import PixelWorldModel
+from world_models.pixel.tokenizer import to_uint8, to_unit
+
+
+@dataclass
+class PixelTrainConfig:
+    """Steps, batch sizes (clips / windows) and learning rates of the two stages."""
+
+    tokenizer_steps: int = 1500
+    tokenizer_batch: int = 16
+    tokenizer_lr: float = 1e-3
+    dynamics_steps: int = 1500
+    dynamics_batch: int = 32
+    dynamics_lr: float = 5e-4
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) per image of uint8 frames (..., H, W, 3): (...,)."""
+    mse = (pred.float() - target.float()).div(255).pow(2).mean(dim=(-3, -2, -1))
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM per image of uint8 frames (..., H, W, 3): (...,)."""
+    lead = pred.shape[:-3]
+    x = pred.reshape(-1, *pred.shape[-3:]).movedim(-1, 1).float() / 255
+    y = target.reshape(-1, *target.shape[-3:]).movedim(-1, 1).float() / 255
+    g = torch.exp(-((torch.arange(11, dtype=torch.float32) - 5) ** 2) / (2 * 1.5**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :]).expand(3, 1, 11, 11).to(x.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, win, groups=3)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3)).reshape(lead)
+
+
+def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Pairs (prev, frame) of rows ``idx`` as (B, 2, 3, H, W) in [-1, 1] (first frames repeat)."""
+    prev = torch.where(rows["step"][idx] > 0, idx - 1, idx)
+    return to_unit(torch.stack([rows["pixels"][prev], rows["pixels"][idx]], dim=1))
+
+
+@torch.no_grad()
+def encode_rows(model: PixelWorldModel, rows: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
+    """Causal latents (N, C, h, w) of every frame row (each frame with the one before it)."""
+    model.eval()
+    out = [model.tokenizer.encode(_clips(rows, torch.arange(i, min(i + batch, len(rows["step"])))))[:, 1]
+           for i in range(0, len(rows["step"]), batch)]
+    return torch.cat(out)
+
+
+def _rows(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in data.items()}
+
+
+def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[str, Any], cfg: PixelTrainConfig,
+                      progress: bool = True) -> dict[str, float]:
+    """Train ``model`` on frame rows (see :mod:`world_models.pixel.frames`), in place.
+
+    Returns metrics: ``tokenizer_psnr`` / ``tokenizer_ssim`` (held-out reconstructions),
+    final losses, and wall-clock seconds per stage.
+    """
+    torch.manual_seed(cfg.seed)
+    tr, va = _rows(train), _rows(val)
+    metrics: dict[str, float] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    t0 = time.time()
+    model.tokenizer.train()
+    opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg.tokenizer_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.tokenizer_steps, 1))
+    bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
+        out = model.tokenizer.loss(_clips(tr, idx))
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        bar.set_postfix(mse=f"{float(out['mse']):.5f}")
+    metrics["tokenizer_seconds"] = time.time() - t0
+    rec = reconstruction_metrics(model, va)
+    metrics.update(rec)
+
+    t0 = time.time()
+    latents_tr = encode_rows(model, tr)
+    model.fit_latent_stats(latents_tr)
+    windows = FrameWindows({**{k: tr[k] for k in ("agent_pos", "action", "coverage", "episode")}, "latents": latents_tr},
+                           context=model.k, future=1, seed=cfg.seed)
+    params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
+    model.train()
+    opt = torch.optim.AdamW(params, lr=cfg.dynamics_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.dynamics_steps, 1))
+    bar = tqdm(range(cfg.dynamics_steps), desc="dynamics", disable=not progress)
+    for _ in bar:
+        out = model.loss(windows.sample(cfg.dynamics_batch))
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        bar.set_postfix(flow=f"{float(out['flow']):.3f}", cov=f"{float(out['coverage_bce']):.3f}")
+    model.eval()
+    metrics.update({f"final_{k}": float(v.detach()) for k, v in out.items()})
+    metrics["dynamics_seconds"] = time.time() - t0
+    return metrics
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: int = 512) -> dict[str, float]:
+    """Tokenizer round trip on (up to ``limit``) frame rows: mean PSNR (dB) and SSIM."""
+    model.eval()
+    r = _rows(rows)
+    idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
+    z = model.tokenizer.encode(_clips(r, idx))[:, 1]
+    rec = to_uint8(model.tokenizer.decode(z))
+    return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
+
+
+@torch.no_grad()
+def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts: int = 32, sample: bool = False,
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    """Open-loop rollouts on held-out rows: warm up on the real frames up to a start row (the
+    frames before it in its episode, at most K), then imagine ``horizon`` steps with the real
+    actions. Starts are drawn among rows with ``horizon`` real successors.
+
+    Returns ``real`` / ``imagined`` (S, horizon, H, W, 3) uint8, ``psnr`` / ``ssim`` (S, horizon),
+    ``coverage`` (S, horizon) true and ``coverage_pred`` (S, horizon) from the head.
+    """
+    r = _rows(rows)
+    n = len(r["step"])
+    ep = r["episode"]
+    idx = torch.arange(n - horizon)
+    cand = idx[ep[idx + horizon] == ep[idx]]
+    if len(cand) == 0:
+        raise ValueError(f"no held-out episode has {horizon} steps after a start row")
+    g = torch.Generator().manual_seed(seed)
+    start = cand[torch.randperm(len(cand), generator=g)[:starts]]
+    k = model.k
+    carry = model.initial(len(start))
+    step = r["step"][start]
+    for j in range(k - 1, -1, -1):  # warm-up on rows start-j .. start; before the episode start: its first row
+        first = (step <= j) | (j == k - 1)
+        idx = start - torch.minimum(torch.full_like(step, j), step)
+        carry = model.observe(carry, {"pixels": r["pixels"][idx], "agent_pos": r["agent_pos"][idx]},
+                              r["action"][(idx - 1).clamp_min(0)], first)
+    gen = torch.Generator().manual_seed(seed)
+    imagined, cov_pred = [], []
+    for h in range(horizon):
+        carry, pred = model.imagine(carry, r["action"][start + h], sample=sample, generator=gen)
+        imagined.append(pred.extras["pixels"])
+        cov_pred.append(pred.extras["coverage"])
+    future = start[:, None] + torch.arange(1, horizon + 1)[None]
+    real, fake = r["pixels"][future], torch.stack(imagined, dim=1)
+    return {"real": real, "imagined": fake, "psnr": psnr(fake, real), "ssim": ssim(fake, real),
+            "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1)}
