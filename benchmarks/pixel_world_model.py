@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import yaml
 
-from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoint
-from world_models.pixel.frames import FrameStore, split_frame_episodes
+from world_models import build_model, load_checkpoint, save_checkpoint
+from world_models.pixel.frames import FrameStore, frame_model_spec, split_frame_episodes
 from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,28 +35,23 @@ def load_cfg() -> tuple[dict, dict]:
             yaml.safe_load((ROOT / "configs/tasks/pusht.yaml").read_text()))
 
 
-def pusht_spec(model_cfg: dict) -> ModelSpec:
-    return ModelSpec(obs_dim=2, action_dim=2, action_low=(0.0, 0.0), action_high=(512.0, 512.0),
-                     history=int(model_cfg["history"]), forecast=int(model_cfg["forecast"]), dt=float(model_cfg["dt"]),
-                     obs_low=(0.0, 0.0), obs_high=(512.0, 512.0), obs_names=("agent_x", "agent_y"))
-
-
 def train(run: Path, seed: int) -> None:
-    from tasks.pusht import collect_pusht
+    from tasks.pusht import collect_pusht, frame_dataset_meta
 
     model_cfg, task_cfg = load_cfg()
     store_path = run / "data"
     if not (store_path / "meta.json").exists():
         t0 = time.time()
         rows = collect_pusht(int(task_cfg["collect"]["steps"]) // 151, max_steps=150, size=model_cfg["params"]["frame_size"], seed=seed)
-        store = FrameStore(store_path, {"task": "pusht", "frame_shape": list(rows["pixels"].shape[1:]), "state_dim": 2,
-                                        "action_dim": 2, "action_low": [0.0, 0.0], "action_high": [512.0, 512.0]})
+        store = FrameStore(store_path, frame_dataset_meta(model_cfg["params"]["frame_size"]))
         store.append(rows)
         print(f"collected {len(rows['step'])} frames in {time.time() - t0:.0f} s")
-    data = FrameStore(store_path).load()
+    store = FrameStore(store_path)
+    data = store.load()
     tr, va = split_frame_episodes(data, float(model_cfg["val_fraction"]), seed=seed)
     torch.manual_seed(seed)
-    model = build_model("pixel_dit", pusht_spec(model_cfg), **model_cfg["params"])
+    spec = frame_model_spec({**frame_dataset_meta(), **store.meta}, int(model_cfg["history"]), int(model_cfg["forecast"]), float(model_cfg["dt"]))
+    model = build_model("pixel_dit", spec, **model_cfg["params"])
     cfg = PixelTrainConfig(**model_cfg["train"], seed=seed)
     t0 = time.time()
     metrics = train_pixel_model(model, tr, va, cfg)
@@ -70,17 +65,180 @@ def train(run: Path, seed: int) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _policies() -> dict[str, dict]:
+    """>= 10 policies of varied quality, each a set of PushPolicy arguments (or "stay")."""
+    return {
+        "push": {}, "push_noise10": {"noise": 10.0}, "push_noise30": {"noise": 30.0}, "push_noise60": {"noise": 60.0},
+        "push_noise120": {"noise": 120.0}, "push_gentle": {"push_depth": 15.0}, "push_far": {"standoff": 110.0},
+        "push_eps25": {"random_prob": 0.25}, "push_eps50": {"random_prob": 0.5}, "push_wrong_goal": {"goal": (110.0, 400.0)},
+        "random": {"random_prob": 1.0}, "stay": {"stay": True},
+    }
+
+
+def _make_policy(args: dict, seed: int):
+    from tasks.pusht import PushPolicy
+
+    if args.get("stay"):
+        return lambda obs: np.asarray(obs["agent_pos"], np.float32)
+    return PushPolicy(seed=seed, **args).act
+
+
+def policy_evaluation(model, starts: int, horizon: int, seed: int) -> dict[str, dict[str, float]]:
+    """Mean return (sum of per-step rewards over ``horizon`` steps or until success) and final
+    coverage of every policy, in the real env and in imagination, from the same ``starts``
+    real start states (reset seeds) with the same policy seeds."""
+    from tasks.pusht import make_pusht_env
+
+    env = make_pusht_env(model.frame_size)
+    firsts = [env.reset(seed=seed + 10_000 + i)[0] for i in range(starts)]
+    out = {}
+    for name, args in _policies().items():
+        real_ret, real_cov = [], []
+        for i in range(starts):
+            act = _make_policy(args, seed + i)
+            obs, info = env.reset(seed=seed + 10_000 + i)
+            ret, cov = 0.0, float(env.unwrapped._get_coverage())
+            for _ in range(horizon):
+                obs, r, term, trunc, info = env.step(act(obs))
+                ret, cov = ret + float(r), float(info["coverage"])
+                if term:
+                    break
+            real_ret.append(ret)
+            real_cov.append(cov)
+        acts = [_make_policy(args, seed + i) for i in range(starts)]
+        obs = {"pixels": torch.as_tensor(np.stack([f["pixels"] for f in firsts])),
+               "agent_pos": torch.as_tensor(np.stack([f["agent_pos"] for f in firsts])).float()}
+        with torch.no_grad():
+            carry = model.observe(model.initial(starts), obs, obs["agent_pos"], torch.ones(starts, dtype=torch.bool))
+            gen = torch.Generator().manual_seed(seed)
+            ret, alive, cov = torch.zeros(starts), torch.ones(starts, dtype=torch.bool), torch.zeros(starts)
+            for _ in range(horizon):
+                px, pos = carry["pixels"].numpy(), carry["obs"].numpy()
+                a = torch.as_tensor(np.stack([acts[i]({"pixels": px[i], "agent_pos": pos[i]}) for i in range(starts)]))
+                carry, pred = model.imagine(carry, a, generator=gen)
+                ret += torch.where(alive, pred.reward, torch.zeros_like(pred.reward))
+                cov = torch.where(alive, pred.extras["coverage"], cov)
+                alive &= pred.termination_logit <= 0
+        out[name] = {"real_return": float(np.mean(real_ret)), "imagined_return": float(ret.mean()),
+                     "real_coverage": float(np.mean(real_cov)), "imagined_coverage": float(cov.mean())}
+        print(f"  {name:16s} real {out[name]['real_return']:6.2f}  imagined {out[name]['imagined_return']:6.2f}", flush=True)
+    env.close()
+    return out
+
+
+def frames_per_second(model, starts: dict, num_envs: int, steps: int = 10) -> float:
+    from wam_env.pixels import ImaginedPixelVecEnv
+
+    env = ImaginedPixelVecEnv(num_envs, model=model, start_data=starts)
+    env.reset(seed=0)
+    action = torch.full((num_envs, 2), 256.0)
+    env.step(action)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        env.step(action)
+    return num_envs * steps / (time.perf_counter() - t0)
+
+
+def write_visuals(ol: dict, out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    import imageio.v2 as imageio
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real, fake = ol["real"][:4].numpy(), ol["imagined"][:4].numpy()  # (4, H, h, w, 3)
+    rows = [np.concatenate([real[i], np.full_like(real[i][:, :, :2], 255), fake[i]], axis=2) for i in range(len(real))]
+    grid = np.concatenate([np.concatenate([r, np.full_like(r[:, :2], 255)], axis=1) for r in rows], axis=1)
+    grid = grid.repeat(3, axis=1).repeat(3, axis=2)
+    imageio.mimsave(out / "real_vs_imagined.gif", list(grid), duration=0.1, loop=0)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for label, (p, s) in curves.items():
+        h = np.arange(1, len(p) + 1)
+        ax[0].plot(h, p, marker=".", label=label)
+        ax[1].plot(h, s, marker=".", label=label)
+    ax[0].axhline(26, color="gray", ls="--", lw=0.8, label="goal 26 dB")
+    ax[0].set(xlabel="open-loop horizon (steps)", ylabel="PSNR (dB)", title="Push-T 64x64, held-out episodes")
+    ax[1].set(xlabel="open-loop horizon (steps)", ylabel="SSIM")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "psnr_ssim_vs_horizon.png", dpi=120)
+
+
+def evaluate(run: Path, seed: int, starts: int = 16, horizon: int = 40) -> None:
+    model, extra, tensors = load_checkpoint(run / "world_model")
+    model.eval()
+    data = FrameStore(run / "data").load()
+    is_val = np.isin(data["episode"], extra["val_episodes"])
+    va = {k: v[is_val] for k, v in data.items()}
+    res: dict = {"train": extra["metrics"], "val_episodes": len(extra["val_episodes"]), "val_frames": int(is_val.sum())}
+    curves = {}
+    for mode, sample in (("mean", False), ("sampled", True)):
+        ol = open_loop(model, va, horizon=16, starts=64, sample=sample, seed=seed)
+        p, s = ol["psnr"].mean(0).numpy(), ol["ssim"].mean(0).numpy()
+        curves[f"{mode} (x0 = {'noise' if sample else '0'})"] = (p, s)
+        res[f"open_loop_{mode}"] = {f"h{h}": {"psnr": float(p[h - 1]), "ssim": float(s[h - 1])} for h in HORIZONS}
+        cov, cov_pred = ol["coverage"].flatten(), ol["coverage_pred"].flatten()
+        res[f"coverage_head_imagined_{mode}"] = {"mae": float((cov - cov_pred).abs().mean()),
+                                                  "pearson": float(np.corrcoef(cov, cov_pred)[0, 1])}
+        if not sample:
+            ol_mean = ol
+    write_visuals(ol_mean, run, curves)
+    with torch.no_grad():
+        z = encode_rows(model, {k: torch.as_tensor(v) for k, v in va.items()})
+        cov_real = torch.sigmoid(model.coverage_head(z))
+    true = torch.as_tensor(va["coverage"])
+    res["coverage_head_real"] = {"mae": float((cov_real - true).abs().mean()), "pearson": float(np.corrcoef(cov_real, true)[0, 1])}
+    first = data["step"] == 0
+    start_frames = {"pixels": data["pixels"][first], "agent_pos": data["agent_pos"][first]}
+    res["fps"] = {str(n): frames_per_second(model, start_frames, n) for n in (1, 64)}
+    print("policy evaluation (real vs imagined mean return):", flush=True)
+    pe = policy_evaluation(model, starts, horizon, seed)
+    rr = np.array([v["real_return"] for v in pe.values()])
+    ir = np.array([v["imagined_return"] for v in pe.values()])
+    rc = np.array([v["real_coverage"] for v in pe.values()])
+    ic = np.array([v["imagined_coverage"] for v in pe.values()])
+    res["policy_eval"] = {"starts": starts, "horizon": horizon, "policies": pe,
+                          "pearson_return": float(np.corrcoef(rr, ir)[0, 1]), "pearson_final_coverage": float(np.corrcoef(rc, ic)[0, 1])}
+    (run / "results.json").write_text(json.dumps(res, indent=2))
+    print_tables(res)
+
+
+def print_tables(res: dict) -> None:
+    t = res["train"]
+    print(f"\ntokenizer (held-out frames): PSNR {t['tokenizer_psnr']:.2f} dB, SSIM {t['tokenizer_ssim']:.3f}; "
+          f"training wall-clock {t['train_seconds'] / 60:.1f} min on {t['threads']} thread(s) "
+          f"(tokenizer {t['tokenizer_seconds'] / 60:.1f}, dynamics {t['dynamics_seconds'] / 60:.1f})")
+    print("\n| open loop (64 held-out starts) | PSNR h=1 | PSNR h=8 | PSNR h=16 | SSIM h=1 | SSIM h=8 | SSIM h=16 |")
+    print("|---|---|---|---|---|---|---|")
+    for mode in ("mean", "sampled"):
+        o = res[f"open_loop_{mode}"]
+        print(f"| {mode} | " + " | ".join(f"{o[f'h{h}']['psnr']:.2f}" for h in HORIZONS) + " | "
+              + " | ".join(f"{o[f'h{h}']['ssim']:.3f}" for h in HORIZONS) + " |")
+    print("\n| coverage head | MAE | Pearson r |\n|---|---|---|")
+    for key in ("coverage_head_real", "coverage_head_imagined_mean", "coverage_head_imagined_sampled"):
+        print(f"| {key} | {res[key]['mae']:.3f} | {res[key]['pearson']:.3f} |")
+    pe = res["policy_eval"]
+    print(f"\n| policy ({pe['starts']} starts, {pe['horizon']} steps) | real return | imagined return | real final coverage | imagined final coverage |")
+    print("|---|---|---|---|---|")
+    for name, v in pe["policies"].items():
+        print(f"| {name} | {v['real_return']:.2f} | {v['imagined_return']:.2f} | {v['real_coverage']:.3f} | {v['imagined_coverage']:.3f} |")
+    print(f"\nPearson r (real vs imagined): return {pe['pearson_return']:.3f}, final coverage {pe['pearson_final_coverage']:.3f}")
+    print(f"imagined frames/s: 1 env {res['fps']['1']:.1f}, 64 envs {res['fps']['64']:.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["train", "eval"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--starts", type=int, default=16, help="start states per policy (policy evaluation)")
+    p.add_argument("--horizon", type=int, default=40, help="steps per policy-evaluation episode")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.phase == "train":
         train(Path(args.run), args.seed)
     else:
-        evaluate(Path(args.run), args.seed)
+        evaluate(Path(args.run), args.seed, args.starts, args.horizon)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,12 @@ class PushPolicy:
         return block + u * min(self.push_depth, dist)
 
 
+def frame_dataset_meta(size: int = 64) -> dict:
+    """Meta of a Push-T frame dataset (see :class:`world_models.pixel.frames.FrameStore`)."""
+    return {"task": PUSHT.name, "env_id": PUSHT.env_id, "frame_shape": [size, size, 3], "state_dim": 2, "action_dim": 2,
+            "action_low": [0.0, 0.0], "action_high": [WORLD, WORLD], "state_low": [0.0, 0.0], "state_high": [WORLD, WORLD]}
+
+
 def random_policy(seed: int = 0) -> PushPolicy:
     """Uniform random target positions."""
     return PushPolicy(random_prob=1.0, seed=seed)

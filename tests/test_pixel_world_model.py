@@ -194,3 +194,25 @@ def test_pusht_task_collects_frames():
     assert np.linalg.norm(est - block_centroid(info["block_pose"])) < 15.0
     a = PushPolicy(noise=50.0).act(obs)
     assert env.action_space.contains(a)
+
+
+def test_loop_collects_and_trains_pusht(tmp_path):
+    pytest.importorskip("gym_pusht", reason="Push-T needs the `pixels` extra (gym-pusht)")
+    from wam.config import ConfigError, load_config
+    from wam.loop import run_collect, run_train_model
+
+    cfg = load_config([
+        "task=pusht", "model=pixel_dit", f"run_dir={tmp_path}", "progress=false", "collect.steps=160",
+        "model.val_fraction=0.5", "model.history=2", "model.train.tokenizer_steps=2", "model.train.dynamics_steps=2",
+        "model.train.tokenizer_batch=2", "model.train.dynamics_batch=2", "model.params.dim=16", "model.params.depth=1",
+        "model.params.heads=2", "model.params.tokenizer_channels=[8,8,8,8]", "model.params.latent_channels=4",
+    ])
+    run_collect(cfg)  # collect.steps // 151 = one episode of up to 150 actions ...
+    run_collect(cfg, seed_offset=1)  # ... appended: 2 episodes, one held out
+    model, metrics = run_train_model(cfg)
+    assert metrics["tokenizer_psnr"] > 0 and model.k == 2
+    env = gym.make("wam/PushT-Pixels-Imagined-v0", model=str(tmp_path / "world_model"))
+    obs, _ = env.reset(seed=0)
+    assert obs["pixels"].shape == (64, 64, 3)
+    with pytest.raises(ConfigError, match="pixel_dit"):
+        run_train_model({**cfg, "model": {**cfg["model"], "name": "rwm_gru"}})

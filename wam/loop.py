@@ -26,6 +26,8 @@ from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
 from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
+from world_models.pixel.frames import FrameStore, frame_model_spec, split_frame_episodes
+from world_models.pixel.training import PixelTrainConfig, train_pixel_model
 from world_models.training import WorldModelTrainConfig, train_world_model
 
 AGENTS = {
@@ -76,6 +78,13 @@ def run_collect(cfg: dict[str, Any], policy=None, steps: int | None = None, seed
         store = TransitionStore(run_path(cfg, "data", "data"), legged_dataset_meta(task.name))
         store.append(transitions)
         return store
+    if task.name == "pusht":  # camera frames: scripted pusher + noise, whole episodes of <= 150 actions
+        from tasks.pusht import collect_pusht, frame_dataset_meta
+
+        rows = collect_pusht(max(1, int(steps or c["steps"]) // 151), max_steps=150, seed=seed, progress=cfg["progress"])
+        frames = FrameStore(run_path(cfg, "data", "data"), frame_dataset_meta(rows["pixels"].shape[1]))
+        frames.append(rows)
+        return frames
     policy = policy if policy is not None else collection_policy(cfg, task, seed)
     transitions = collect(task, policy, int(steps or c["steps"]), num_envs=int(c["num_envs"]), seed=seed, progress=cfg["progress"])
     store = TransitionStore(run_path(cfg, "data", "data"), dataset_meta(task))
@@ -87,6 +96,8 @@ def run_train_model(cfg: dict[str, Any], log_name: str = "world_model") -> tuple
     """Train the configured world model on ``paths.data``; save it to ``paths.model``."""
     task = task_of(cfg)
     m = cfg["model"]
+    if task.name == "pusht":
+        return run_train_pixel_model(cfg)
     store = TransitionStore(run_path(cfg, "data", "data"))
     if store.meta.get("task") not in (task.name, None):
         raise ConfigError(f"dataset {store.path} was collected on task {store.meta.get('task')!r}, not {task.name!r}")
@@ -109,6 +120,33 @@ def run_train_model(cfg: dict[str, Any], log_name: str = "world_model") -> tuple
         model, run_path(cfg, "model", "world_model"),
         extra={"task": task.name, "env_id": task.env_id, "dataset": str(store.path), "metrics": metrics},
         tensors=start,
+    )
+    return model, metrics
+
+
+def run_train_pixel_model(cfg: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """``model=pixel_dit`` on a frame dataset (``task=pusht``): tokenizer, then DiT and heads;
+    the checkpoint carries the episodes' first frames as start states."""
+    m = cfg["model"]
+    if m["name"] != "pixel_dit":
+        raise ConfigError(f"task {cfg['task']!r} has camera frames: use model=pixel_dit, not {m['name']!r}")
+    store = FrameStore(run_path(cfg, "data", "data"))
+    data = store.load()
+    train, val = split_frame_episodes(data, float(m["val_fraction"]), seed=int(cfg["seed"]))
+    spec = frame_model_spec(store.meta, int(m["history"]), int(m["forecast"]), float(m["dt"]))
+    try:
+        model = build_model("pixel_dit", spec, **(m["params"] or {})).to(cfg["device"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.params: {e}") from e
+    train_cfg = dataclass_from(PixelTrainConfig, {**m["train"], "seed": cfg["seed"]}, "model.train")
+    t0 = time.perf_counter()
+    metrics = train_pixel_model(model, train, val, train_cfg, progress=cfg["progress"])
+    metrics["train_seconds"] = time.perf_counter() - t0
+    first = data["step"] == 0
+    save_checkpoint(
+        model, run_path(cfg, "model", "world_model"),
+        extra={"task": "pusht", "dataset": str(store.path), "metrics": metrics, "val_episodes": np.unique(val["episode"]).tolist()},
+        tensors={"start/pixels": torch.as_tensor(data["pixels"][first]), "start/agent_pos": torch.as_tensor(data["agent_pos"][first])},
     )
     return model, metrics
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from world_models.base import ModelSpec
 from world_models.data import DatasetError, atomic_write_bytes, atomic_write_json
 
 FORMAT = "wam.frames"
@@ -45,7 +46,8 @@ class FrameStore:
     Args:
         path: dataset folder.
         meta: required for a new dataset: ``frame_shape`` [H, W, 3], ``state_dim``,
-            ``action_dim``, ``action_low`` / ``action_high`` and the ``task`` name.
+            ``action_dim``, ``action_low`` / ``action_high``, optionally ``state_low`` /
+            ``state_high`` (the agent-state box) and the ``task`` name.
     """
 
     def __init__(self, path: str | Path, meta: dict[str, Any] | None = None):
@@ -176,3 +178,13 @@ class FrameWindows:
     def sample(self, batch: int) -> dict[str, torch.Tensor]:
         pick = torch.randint(0, len(self.starts), (batch,), generator=self.generator)
         return self.window(self.starts[pick])
+
+
+def frame_model_spec(meta: dict[str, Any], history: int, forecast: int = 1, dt: float = 0.1) -> ModelSpec:
+    """The :class:`ModelSpec` of a pixel model for a frame dataset: agent-state dim and box
+    (``state_low`` / ``state_high``, default: the action box), action dim and box, K = ``history``."""
+    lo = meta.get("state_low", meta["action_low"])
+    hi = meta.get("state_high", meta["action_high"])
+    return ModelSpec(obs_dim=int(meta["state_dim"]), action_dim=int(meta["action_dim"]),
+                     action_low=tuple(float(x) for x in meta["action_low"]), action_high=tuple(float(x) for x in meta["action_high"]),
+                     history=history, forecast=forecast, dt=dt, obs_low=tuple(float(x) for x in lo), obs_high=tuple(float(x) for x in hi))

@@ -26,7 +26,8 @@ from world_models.pixel.tokenizer import to_uint8, to_unit
 
 @dataclass
 class PixelTrainConfig:
-    """Steps, batch sizes (clips / windows) and learning rates of the two stages."""
+    """Steps, batch sizes (clips / windows) and learning rates of the two stages. Training runs on
+    the model's device (move the model first); frames stay on the CPU and travel per batch."""
 
     tokenizer_steps: int = 1500
     tokenizer_batch: int = 16
@@ -73,7 +74,8 @@ def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
 def encode_rows(model: PixelWorldModel, rows: dict[str, torch.Tensor], batch: int = 256) -> torch.Tensor:
     """Causal latents (N, C, h, w) of every frame row (each frame with the one before it)."""
     model.eval()
-    out = [model.tokenizer.encode(_clips(rows, torch.arange(i, min(i + batch, len(rows["step"])))))[:, 1]
+    dev = model.latent_mean.device
+    out = [model.tokenizer.encode(_clips(rows, torch.arange(i, min(i + batch, len(rows["step"])))).to(dev))[:, 1].cpu()
            for i in range(0, len(rows["step"]), batch)]
     return torch.cat(out)
 
@@ -93,6 +95,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     tr, va = _rows(train), _rows(val)
     metrics: dict[str, float] = {}
     gen = torch.Generator().manual_seed(cfg.seed)
+    dev = model.latent_mean.device
 
     t0 = time.time()
     model.tokenizer.train()
@@ -101,7 +104,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
-        out = model.tokenizer.loss(_clips(tr, idx))
+        out = model.tokenizer.loss(_clips(tr, idx).to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
@@ -123,7 +126,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.dynamics_steps, 1))
     bar = tqdm(range(cfg.dynamics_steps), desc="dynamics", disable=not progress)
     for _ in bar:
-        out = model.loss(windows.sample(cfg.dynamics_batch))
+        out = model.loss({k: v.to(dev) for k, v in windows.sample(cfg.dynamics_batch).items()})
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -142,8 +145,8 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     model.eval()
     r = _rows(rows)
     idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
-    z = model.tokenizer.encode(_clips(r, idx))[:, 1]
-    rec = to_uint8(model.tokenizer.decode(z))
+    z = model.tokenizer.encode(_clips(r, idx).to(model.latent_mean.device))[:, 1]
+    rec = to_uint8(model.tokenizer.decode(z)).cpu()
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
 
 
@@ -157,15 +160,15 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
     Returns ``real`` / ``imagined`` (S, horizon, H, W, 3) uint8, ``psnr`` / ``ssim`` (S, horizon),
     ``coverage`` (S, horizon) true and ``coverage_pred`` (S, horizon) from the head.
     """
-    r = _rows(rows)
+    r = {k: v.to(model.latent_mean.device) for k, v in _rows(rows).items()}
     n = len(r["step"])
     ep = r["episode"]
-    idx = torch.arange(n - horizon)
+    idx = torch.arange(n - horizon, device=ep.device)
     cand = idx[ep[idx + horizon] == ep[idx]]
     if len(cand) == 0:
         raise ValueError(f"no held-out episode has {horizon} steps after a start row")
     g = torch.Generator().manual_seed(seed)
-    start = cand[torch.randperm(len(cand), generator=g)[:starts]]
+    start = cand[torch.randperm(len(cand), generator=g)[:starts].to(cand.device)]
     k = model.k
     carry = model.initial(len(start))
     step = r["step"][start]
@@ -174,13 +177,14 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
         idx = start - torch.minimum(torch.full_like(step, j), step)
         carry = model.observe(carry, {"pixels": r["pixels"][idx], "agent_pos": r["agent_pos"][idx]},
                               r["action"][(idx - 1).clamp_min(0)], first)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=start.device).manual_seed(seed)
     imagined, cov_pred = [], []
     for h in range(horizon):
         carry, pred = model.imagine(carry, r["action"][start + h], sample=sample, generator=gen)
         imagined.append(pred.extras["pixels"])
         cov_pred.append(pred.extras["coverage"])
-    future = start[:, None] + torch.arange(1, horizon + 1)[None]
+    future = start[:, None] + torch.arange(1, horizon + 1, device=start.device)[None]
     real, fake = r["pixels"][future], torch.stack(imagined, dim=1)
-    return {"real": real, "imagined": fake, "psnr": psnr(fake, real), "ssim": ssim(fake, real),
-            "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1)}
+    out = {"real": real, "imagined": fake, "psnr": psnr(fake, real), "ssim": ssim(fake, real),
+           "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1)}
+    return {k: v.cpu() for k, v in out.items()}
