@@ -57,7 +57,7 @@ def markdown(report: dict[str, Any], files: dict[str, str] | None = None) -> str
         f"# Validation: {report['task']}",
         "",
         f"Policy `{report['policy']}`, trained on **{report['train_backend']}**; {report['episodes']} robots per run "
-        f"(one episode each, {report['episode_length_s'] or 'the task’s'} s, commands vx ~ U(0.5, 1.0) m/s), seed {report['seed']}.",
+        f"(one episode each, {report['episode_length_s']:g} s, commands vx ~ U(0.5, 1.0) m/s), seed {report['seed']}.",
         "",
         f"**Verdict: {'PASS' if passed else 'FAIL'}**" + ("" if report["gates"] else " (no gates set)"),
         "",

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from sim2real.backends import BACKENDS, Backend, BackendUnavailable, PolicyFn, Sim2RealError, make_backend
+from sim2real.backends import BACKENDS, Backend, BackendUnavailable, PolicyFn, Sim2RealError, make_backend, validation_cfg
 from tasks.locomotion.config import RandomizationCfg
 
 RANDOMIZATION_FILE = Path(__file__).resolve().parents[1] / "configs" / "sim2real" / "randomization.yaml"
@@ -215,6 +215,7 @@ def validate(
     """
     start = time.perf_counter()
     gates = check_gates(gates)
+    length = validation_cfg(task, None, episode_length_s).episode_length_s  # also checks the task
     spec = load_randomization(randomization_file)
     level_names = _names(levels)
     unknown = [lv for lv in level_names if lv not in spec.levels]
@@ -260,8 +261,7 @@ def validate(
         if key not in cache:
             b = built[name]
             arg = exported if getattr(b, "policy_input", "callable") == "exported" else fn
-            cache[key] = b.run(arg, task, episodes, seed, rand)
-            r = cache[key]
+            r = cache[key] = {"backend": name, "notes": [], **b.run(arg, task, episodes, seed, rand)}
             log(f"{name:9s} {label:28s} tracking {r['track_lin_vel_xy_exp']:.3f}  fall rate {r['fall_rate']:.3f}  ({r['wall_s']:.1f} s)")
         return dict(cache[key])
 
@@ -295,7 +295,8 @@ def validate(
     gate_results = evaluate_gates(results, gates)
     report = {
         "format": FORMAT, "version": VERSION, "task": task, "policy": _describe(policy), "train_backend": train_backend,
-        "backends": list(built), "episodes": episodes, "seed": seed, "episode_length_s": episode_length_s,
+        "backends": list(built), "episodes": episodes, "seed": seed,
+        "episode_length_s": length,
         "levels": {lv: spec.levels[lv] for lv in level_names},
         "randomization": {lv: _cfg_dict(spec.at(spec.levels[lv])) for lv in level_names},
         "sweep_magnitudes": list(spec.sweep_magnitudes), "results": results, "sweep": sweep_rows,
