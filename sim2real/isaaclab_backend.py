@@ -25,7 +25,9 @@ from sim2real.metrics import eval_commands, joint_limits
 from tasks.locomotion.config import RandomizationCfg
 
 REPO = Path(__file__).resolve().parents[1]
-ISAACLAB_TASKS = ("anymal_c_flat",)
+ISAACLAB_TASKS = ("anymal_c_flat", "g1_flat")
+# friction of wam's MuJoCo models where the robot touches the ground (tasks/locomotion/robots.py)
+ROBOT_FRICTION = {"anymal_c": 1.0, "g1": 0.6}
 
 
 def isaaclab_python(venv: Path = ISAACLAB_VENV) -> Path:
@@ -43,6 +45,23 @@ def isaaclab_assets() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("WAM_ASSETS") or REPO / "assets") / "isaaclab"
+
+
+def robot_request(task: str) -> dict[str, Any]:
+    """What the worker needs of wam's robot beyond ``deploy.json``, from ``tasks.locomotion``:
+    armature (J,) kg·m² in the task's joint order, base height (m) and body, foot and
+    base-contact bodies (contact entries ``body:<name>`` or foot geoms named as their bodies),
+    ground friction and the task's reset ranges."""
+    from tasks.locomotion.registry import env_cfg
+
+    cfg = env_cfg(task)
+    robot = cfg.robot
+    return {
+        "armature": robot.per_joint(robot.armature).tolist(), "base_height": robot.base_height,
+        "base_body": robot.base_body, "feet": [e.removeprefix("body:") for e in robot.feet],
+        "base_contacts": [e.removeprefix("body:") for e in robot.base_contacts],
+        "friction": ROBOT_FRICTION[robot.name], "reset": asdict(cfg.reset),
+    }
 
 
 class IsaacLabBackend:
@@ -76,7 +95,7 @@ class IsaacLabBackend:
             "policy": str(policy.resolve()), "task": task, "num_envs": episodes, "seed": seed,
             "episode_length_s": float(self.episode_length_s or 20.0), "physics": self.physics, "device": self.device,
             "asset_root": str(isaaclab_assets()), "commands": eval_commands(episodes, seed).tolist(),
-            "effort_limit": effort.tolist(), "vel_limit": vel_limit.tolist(),
+            "effort_limit": effort.tolist(), "vel_limit": vel_limit.tolist(), "robot": robot_request(task),
             "randomization": None if randomization is None else asdict(randomization), "out": str(out),
         }
 

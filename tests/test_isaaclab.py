@@ -21,18 +21,30 @@ HAVE_ISAACLAB = (ISAACLAB_VENV / "bin" / "python").exists() and (isaaclab_assets
 needs_isaaclab = pytest.mark.skipif(not HAVE_ISAACLAB, reason="needs .venv-isaaclab and its assets: run scripts/setup_isaaclab.sh")
 
 
-@pytest.fixture(scope="module")
-def standing_policy(tmp_path_factory):
-    """ANYmal C policy whose actions are all zero (joint targets = default pose), exported."""
+def _zero_policy(tmp_path_factory, task: str, obs_dim: int, action_dim: int):
+    """A policy of ``task`` whose actions are all zero (joint targets = default pose), exported."""
     from sim2real.export import export_policy
 
     torch.manual_seed(0)
-    policy = MLPPolicy(48, 12, [-10.0] * 12, [10.0] * 12, hidden=(32, 32), activation="elu", source="test:zero")
+    policy = MLPPolicy(obs_dim, action_dim, [-10.0] * action_dim, [10.0] * action_dim, hidden=(32, 32), activation="elu",
+                       source="test:zero")
     with torch.no_grad():
         for p in list(policy.parameters())[-2:]:  # output layer -> exactly zero actions
             p.zero_()
-    out = tmp_path_factory.mktemp("exported")
-    return export_policy(policy, out, task="anymal_c_flat", formats=("onnx",))["out_dir"]
+    out = tmp_path_factory.mktemp(f"exported_{task}")
+    return export_policy(policy, out, task=task, formats=("onnx",))["out_dir"]
+
+
+@pytest.fixture(scope="module")
+def standing_policy(tmp_path_factory):
+    """ANYmal C zero-action policy, exported."""
+    return _zero_policy(tmp_path_factory, "anymal_c_flat", 48, 12)
+
+
+@pytest.fixture(scope="module")
+def g1_zero_policy(tmp_path_factory):
+    """G1 (29 DoF) zero-action policy, exported."""
+    return _zero_policy(tmp_path_factory, "g1_flat", 99, 29)
 
 
 def test_missing_environment_names_the_setup_script(tmp_path):
@@ -43,8 +55,8 @@ def test_missing_environment_names_the_setup_script(tmp_path):
 @needs_isaaclab
 def test_bad_input_is_an_error_before_isaac_lab_starts(standing_policy, tmp_path):
     backend = make_backend("isaaclab")
-    with pytest.raises(Sim2RealError, match="runs \\['anymal_c_flat'\\], not 'g1_flat'"):
-        backend.run(standing_policy, "g1_flat", 2, 0)
+    with pytest.raises(Sim2RealError, match="runs \\['anymal_c_flat', 'g1_flat'\\], not 'pusht'"):
+        backend.run(standing_policy, "pusht", 2, 0)
     with pytest.raises(Sim2RealError, match="exported policy folder"):
         backend.run(tmp_path, "anymal_c_flat", 2, 0)
 
@@ -76,3 +88,17 @@ def test_deploy_file_of_another_robot_is_rejected(standing_policy, tmp_path):
     (folder / "deploy.json").write_text(json.dumps(deploy))
     with pytest.raises(Sim2RealError, match="LF_WHEEL"):
         make_backend("isaaclab").run(folder, "anymal_c_flat", 2, 0)
+
+
+@pytest.mark.isaaclab
+@needs_isaaclab
+def test_g1_29dof_runs_on_isaac_lab(g1_zero_policy):
+    """wam's 29-DoF G1 on Isaac Lab's G1 task: zero actions topple it (its ankle PD cannot hold
+    it, DESIGN.md) as on MuJoCo, caught by the fall / torso-contact terminations, with finite metrics."""
+    result = make_backend("isaaclab", episode_length_s=2.0).run(g1_zero_policy, "g1_flat", 2, seed=0)
+    assert result["backend"] == "isaaclab" and result["episodes"] == 2
+    assert len(result["isaac_joint_names"]) == 29 and "waist_pitch_joint" in result["isaac_joint_names"]
+    assert result["fall_rate"] == 1.0 and result["env_steps"] < 2 * 100  # both fell before the 2 s limit
+    for key in ("track_lin_vel_xy_exp", "lin_vel_error", "torque_limit_violation", "joint_vel_limit_violation", "foot_slip"):
+        assert math.isfinite(result[key]), key
+    assert math.isnan(result["mean_return"]) and any("29-DoF" in n for n in result["notes"])

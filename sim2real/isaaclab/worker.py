@@ -2,26 +2,30 @@
 
 ``.venv-isaaclab/bin/python -m sim2real.isaaclab.worker request.json`` reads a request written
 by :class:`sim2real.isaaclab_backend.IsaacLabBackend` and writes the result JSON to the
-request's ``out`` path. Only the standard library, numpy, torch, onnxruntime, Isaac Lab and
+request's ``out`` path. Only the standard library, numpy, torch, onnxruntime, Isaac Lab,
 two pure numpy files of wam (``sim2real/joint_map.py``, ``sim2real/metrics_np.py``, loaded by
-file path) are imported: this is Python 3.12 with Isaac Lab's torch, not wam's environment.
+file path) and this package's :mod:`sim2real.isaaclab.robots` are imported: this is Python
+3.12 with Isaac Lab's torch, not wam's environment.
 
 The policy crosses the boundary as its exported ONNX file (``policy.onnx`` + ``deploy.json``),
 as it would to a robot. The task is Isaac Lab's own manager-based velocity task
-(``IsaacContrib-Velocity-Flat-AnymalC``) on kit-less Newton physics (``physics=newton_mjwarp``,
-warp on the CPU unless ``device`` says otherwise), changed only where wam's MuJoCo task or
-this machine requires it:
+(``IsaacContrib-Velocity-Flat-AnymalC`` for ``anymal_c_flat``, ``Isaac-Velocity-Flat-G1`` for
+``g1_flat``) on kit-less Newton physics (``physics=newton_mjwarp``, warp on the CPU unless
+``device`` says otherwise), changed only where wam's MuJoCo task or this machine requires it:
 
-- the robot is the local USD built by :mod:`sim2real.isaaclab.assets` (``ISAACSIM_ASSET_ROOT``);
-  its contact sensor follows the converter's nested body paths (``Robot/Geometry/...``);
-- the actuators: Isaac Lab drives ANYmal C with an LSTM actuator network, a remote file; here
-  its DC-motor model (``ANYDRIVE_3_SIMPLE_ACTUATOR_CFG``: 120 N·m saturation, 7.5 rad/s) with
-  the PD gains and effort limits of ``deploy.json`` (wam's MuJoCo task: 80 / 2, 80 N·m);
+- the robot is wam's, from the local USD built by :mod:`sim2real.isaaclab.assets`
+  (``ISAACSIM_ASSET_ROOT``), with the joints, default pose, gains, effort limits, actuator
+  model, feet and base contacts of wam's task (:mod:`sim2real.isaaclab.robots`; for the G1,
+  the 29-DoF model in place of Isaac Lab's 37-DoF one); its contact sensor follows the
+  converter's nested body paths (``Robot/Geometry/...``);
 - validation commands: each env one forward command vx from ``commands`` (request), vy = wz = 0,
   never resampled; the fall termination (tilt > 1.4 rad) of wam's task added to base contact;
-- nominal dynamics: friction 1.0 (as wam's MuJoCo model), Isaac Lab's startup mass / COM
-  randomization and pushes off, observation noise off; ``randomization`` (request, the fields
-  of ``RandomizationCfg``) switches them on.
+  resets as wam's task (``ResetCfg``: base pose, base velocity, joint position scale);
+- nominal dynamics: the friction of wam's MuJoCo model (``robot.friction``: ANYmal C 1.0, G1
+  feet 0.6) on robot and ground, Isaac Lab's startup mass / COM randomization and pushes off,
+  observation noise off; ``randomization`` (request, the fields of ``RandomizationCfg``)
+  switches them on (friction: a multiplier on the robot's, the ground at the lowest value,
+  so MuJoCo's max-of-pair friction is the robot's).
 
 Observations come from Isaac Lab's own observation terms (articulation joint order) and are
 mapped to the policy's joint order by name (:class:`JointMap`, checked); actions go back the
@@ -44,11 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from sim2real.isaaclab import robots
+
 SIM2REAL = Path(__file__).resolve().parents[1]
-TASK_IDS = {"anymal_c_flat": "IsaacContrib-Velocity-Flat-AnymalC"}
 JOINT_TERMS = ("joint_pos", "joint_vel", "actions")  # per-joint observation terms
-# ANYdrive 3 DC motor model (Isaac Lab's ANYDRIVE_3_SIMPLE_ACTUATOR_CFG), gains from deploy.json
-DC_MOTOR = {"anymal_c_flat": {"saturation_effort": 120.0, "velocity_limit": 7.5}}
 FOOT_CONTACT_N = 1.0  # N: a foot whose net contact force exceeds this is in contact
 FALL_ANGLE = 1.4  # rad, wam's fall termination (tasks/anymal_c_flat.py)
 
@@ -77,17 +80,23 @@ def _asset_root(request: dict) -> Path:
     return root
 
 
-def _events(cfg: Any, rand: dict, mdp: Any, SceneEntityCfg: Any, EventTerm: Any) -> list[str]:
-    """Nominal events, then the requested randomization; returns notes on what was not applied."""
+def _events(cfg: Any, rand: dict, robot: dict, mdp: Any, SceneEntityCfg: Any, EventTerm: Any) -> list[str]:
+    """Wam's resets, nominal events, then the requested randomization; returns notes on what was not applied."""
     ev = cfg.events
     ev.add_base_mass = ev.base_com = ev.base_external_force_torque = ev.push_robot = None
-    friction = rand.get("friction") or (1.0, 1.0)
-    ev.physics_material.params.update(static_friction_range=tuple(friction), dynamic_friction_range=tuple(friction),
-                                      num_buckets=64)
+    reset = robot["reset"]
+    xy, yaw, v = tuple(reset["pose_xy"]), tuple(reset["yaw"]), tuple(reset["base_velocity"])
+    ev.reset_base.params.update(pose_range={"x": xy, "y": xy, "yaw": yaw},
+                                velocity_range={k: v for k in ("x", "y", "z", "roll", "pitch", "yaw")})
+    ev.reset_robot_joints.params["position_range"] = tuple(reset["joint_pos_scale"])
+    friction = tuple(float(robot["friction"]) * f for f in (rand.get("friction") or (1.0, 1.0)))
+    ev.physics_material.params.update(static_friction_range=friction, dynamic_friction_range=friction, num_buckets=64)
+    ground = cfg.scene.terrain.physics_material  # MuJoCo takes the larger friction of a pair: the robot's
+    ground.static_friction = ground.dynamic_friction = min(friction)
     notes = []
     if rand.get("added_base_mass"):
         ev.add_base_mass = EventTerm(func=mdp.randomize_rigid_body_mass, mode="startup", params={
-            "asset_cfg": SceneEntityCfg("robot", body_names="base"), "mass_distribution_params": tuple(rand["added_base_mass"]),
+            "asset_cfg": SceneEntityCfg("robot", body_names=robot["base_body"]), "mass_distribution_params": tuple(rand["added_base_mass"]),
             "operation": "add", "distribution": "uniform"})
     if rand.get("stiffness_scale") or rand.get("damping_scale"):
         ev.actuator_gains = EventTerm(func=mdp.randomize_actuator_gains, mode="startup", params={
@@ -107,29 +116,18 @@ def _events(cfg: Any, rand: dict, mdp: Any, SceneEntityCfg: Any, EventTerm: Any)
 def build_env_cfg(request: dict, deploy: dict) -> tuple[Any, list[str]]:
     """Isaac Lab's task config for ``request["task"]``, changed as the module docstring says."""
     import isaaclab_tasks  # noqa: F401  (registers the tasks)
-    from isaaclab.actuators import DCMotorCfg
     from isaaclab.managers import EventTermCfg as EventTerm
     from isaaclab.managers import SceneEntityCfg
     from isaaclab.managers import TerminationTermCfg as DoneTerm
-    from isaaclab.utils.assets import ISAACLAB_NUCLEUS_DIR
     from isaaclab_tasks.core.velocity import mdp
     from isaaclab_tasks.utils import parse_env_cfg
 
     task = request["task"]
-    if task not in TASK_IDS:
-        raise WorkerError(f"the isaaclab backend runs {sorted(TASK_IDS)}, not {task!r}")
-    cfg = parse_env_cfg(TASK_IDS[task], device=request["device"], num_envs=int(request["num_envs"]),
+    if task not in robots.TASKS:
+        raise WorkerError(f"the isaaclab backend runs {sorted(robots.TASKS)}, not {task!r}")
+    cfg = parse_env_cfg(robots.TASKS[task].task_id, device=request["device"], num_envs=int(request["num_envs"]),
                         overrides=[f"physics={request['physics']}"])
-    names = deploy["joint_names"]
-    robot = cfg.scene.robot
-    robot.spawn.usd_path = f"{ISAACLAB_NUCLEUS_DIR}/Robots/ANYbotics/ANYmal-C/anymal_c.usd"
-    robot.init_state.joint_pos = dict(zip(names, map(float, deploy["default_joint_pos"])))
-    robot.actuators = {"legs": DCMotorCfg(
-        joint_names_expr=list(names), **DC_MOTOR[task],
-        stiffness=dict(zip(names, map(float, deploy["pd_stiffness"]))),
-        damping=dict(zip(names, map(float, deploy["pd_damping"]))),
-        effort_limit=dict(zip(names, map(float, deploy["effort_limit"]))))}
-    cfg.scene.contact_forces.prim_path = "{ENV_REGEX_NS}/Robot/Geometry/.*"  # the converter nests bodies under Geometry/
+    robots.configure_robot(cfg, task, deploy, request["robot"])
     cfg.scene.sky_light = None  # a remote HDR texture; nothing is rendered here
     cfg.scene.terrain.visual_material = None
     cfg.episode_length_s = float(request["episode_length_s"])
@@ -142,7 +140,7 @@ def build_env_cfg(request: dict, deploy: dict) -> tuple[Any, list[str]]:
     rand = request.get("randomization") or {}
     cfg.observations.policy.enable_corruption = bool(rand.get("observation_noise", False))
     cfg.seed = int(request["seed"])
-    return cfg, _events(cfg, rand, mdp, SceneEntityCfg, EventTerm)
+    return cfg, _events(cfg, rand, request["robot"], mdp, SceneEntityCfg, EventTerm)
 
 
 class OnnxActor:
@@ -205,7 +203,7 @@ def _run(env: Any, deploy: dict, request: dict, commands: np.ndarray, actor: Onn
     robot, contact = env.scene["robot"], env.scene["contact_forces"]
     jmap = joint_map.JointMap(deploy["joint_names"], robot.joint_names)
     layout = _check_layout(env, deploy)
-    feet = [robot.body_names.index(n) for n in robot.body_names if n.endswith("_FOOT")]
+    feet = [robot.body_names.index(n) for n in request["robot"]["feet"]]
     sensor_names = list(contact.body_names)
     feet_sensor = [sensor_names.index(robot.body_names[i]) for i in feet]
     N, limit = env.num_envs, float(deploy["action_clip"])
@@ -270,8 +268,7 @@ def _run(env: Any, deploy: dict, request: dict, commands: np.ndarray, actor: Onn
              "mean_return: nan (Isaac Lab's reward terms are not wam's task reward)",
              f"physics: Isaac Lab {request['physics']} on {request['device']}; joint order mapped by name "
              f"({'identity' if jmap.is_identity else 'permuted'})",
-             f"actuator: DC motor model (saturation {DC_MOTOR[request['task']]['saturation_effort']} N·m, "
-             f"{DC_MOTOR[request['task']]['velocity_limit']} rad/s) with deploy.json's PD gains, not Isaac Lab's LSTM actuator net",
+             f"actuator: {robots.TASKS[request['task']].actuator}",
              "torque_limit_violation / joint_vel_limit_violation / foot_slip: sampled at the policy rate (last physics substep)"]
     return {**result, "backend": "isaaclab", "notes": notes, "env_steps_per_s": N * steps / t_sim if t_sim else math.nan,
             "sim_wall_s": t_sim, "setup_s": time.perf_counter() - t0 - t_sim, "num_envs": N, "physics": request["physics"],
