@@ -122,16 +122,17 @@ def _bar_chart(report: dict[str, Any], path: Path) -> None:
     levels = list(dict.fromkeys(r["randomization"] for r in report["results"]))
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 3.8))
     width = 0.8 / max(len(levels), 1)
+    colors = {lv: f"C{j}" for j, lv in enumerate(levels)}
     for ax, (key, label) in zip(axes, PLOTTED):
-        for j, level in enumerate(levels):
-            vals = [next((r[key] for r in report["results"] if r["backend"] == b and r["randomization"] == level), np.nan)
-                    for b in backends]
-            ax.bar(np.arange(len(backends)) + (j - (len(levels) - 1) / 2) * width, vals, width, label=level)
+        for i, b in enumerate(backends):  # each backend's bars centred on its tick (the world model has one level)
+            rows = [r for r in report["results"] if r["backend"] == b]
+            for j, r in enumerate(rows):
+                ax.bar(i + (j - (len(rows) - 1) / 2) * width, r[key], width, color=colors[r["randomization"]])
         ax.set_xticks(np.arange(len(backends)), backends)
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(title="randomization", fontsize=8)
+    axes[0].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], list(colors), title="randomization", fontsize=8)
     fig.suptitle(f"{report['task']}: per backend and randomization level ({report['episodes']} robots each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
