@@ -35,7 +35,7 @@ from sim2real.onnx_policy import OnnxPolicy
 
 def make_policy(folder: Path, task: str, seed: int) -> tuple[MLPPolicy, str]:
     if folder.is_dir():
-        return MLPPolicy.load(folder), f"trained policy {folder}"
+        return MLPPolicy.load(folder), f"policy folder {folder}"
     from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
 
     env = LeggedVelocityVecEnv(task, num_envs=1, num_threads=1)
