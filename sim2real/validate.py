@@ -191,7 +191,8 @@ def validate(
             obs (N, D) float32 -> actions (N, A) (callables cannot go to ``isaaclab``).
         task: ``anymal_c_flat`` or ``g1_flat``.
         backends: names (list or comma string); a trailing ``?`` (``isaaclab?``) skips that
-            backend with a note when it is unavailable instead of failing.
+            backend with a note when it is unavailable (:class:`BackendUnavailable` when built
+            or while running) instead of failing.
         levels: named randomization levels of the randomization file.
         episodes: robots per run (one episode each, 20 s unless ``episode_length_s``).
         seed: seeds resets, commands and randomization (the same for every run).
@@ -265,32 +266,52 @@ def validate(
             log(f"{name:9s} {label:28s} tracking {r['track_lin_vel_xy_exp']:.3f}  fall rate {r['fall_rate']:.3f}  ({r['wall_s']:.1f} s)")
         return dict(cache[key])
 
+    def skip(name: str, e: BackendUnavailable) -> None:
+        """An optional backend that turned out unusable while running (e.g. missing assets)."""
+        if name not in optional or name == train_backend:
+            raise e
+        skipped.append({"backend": name, "reason": str(e)})
+        log(f"skipped {name}: {e}")
+        del built[name]
+
     results = []
     ref = run(train_backend, RandomizationCfg(), "none")
-    for name in built:
-        for level in level_names:
-            magnitude = spec.levels[level]
-            if magnitude > 0 and not getattr(built[name], "randomizable", True):
-                continue
-            r = run(name, spec.at(magnitude), f"level {level}")
-            r.update(randomization=level, magnitude=magnitude,
-                     tracking_gap=ref["track_lin_vel_xy_exp"] - r["track_lin_vel_xy_exp"],
-                     fall_rate_gap=r["fall_rate"] - ref["fall_rate"])
-            results.append(r)
+    for name in list(built):
+        rows = []
+        try:
+            for level in level_names:
+                magnitude = spec.levels[level]
+                if magnitude > 0 and not getattr(built[name], "randomizable", True):
+                    continue
+                r = run(name, spec.at(magnitude), f"level {level}")
+                r.update(randomization=level, magnitude=magnitude,
+                         tracking_gap=ref["track_lin_vel_xy_exp"] - r["track_lin_vel_xy_exp"],
+                         fall_rate_gap=r["fall_rate"] - ref["fall_rate"])
+                rows.append(r)
+        except BackendUnavailable as e:
+            skip(name, e)
+            continue
+        results += rows
     if not any(r["backend"] == train_backend and r["randomization"] == "none" for r in results):
         results.insert(0, {**ref, "randomization": "none", "magnitude": 0.0, "tracking_gap": 0.0, "fall_rate_gap": 0.0,
                            "notes": [*ref["notes"], "training backend at level none: the reference for the gaps"]})
 
     sweep_rows = []
-    if sweep:
-        for name, b in built.items():
-            if not getattr(b, "randomizable", True):
-                continue
+    for name in list(built) if sweep else []:
+        if not getattr(built[name], "randomizable", True):
+            continue
+        rows = []
+        try:
             base = run(name, RandomizationCfg(), "none")
             for factor in spec.sweep_factors:
-                sweep_rows.append({**base, "factor": factor, "magnitude": 0.0})
+                rows.append({**base, "factor": factor, "magnitude": 0.0})
                 for m in spec.sweep_magnitudes:
-                    sweep_rows.append({**run(name, spec.at(m, [factor]), f"sweep {factor} x{m:g}"), "factor": factor, "magnitude": m})
+                    rows.append({**run(name, spec.at(m, [factor]), f"sweep {factor} x{m:g}"), "factor": factor, "magnitude": m})
+        except BackendUnavailable as e:
+            skip(name, e)
+            results = [r for r in results if r["backend"] != name]
+            continue
+        sweep_rows += rows
 
     gate_results = evaluate_gates(results, gates)
     report = {

@@ -12,7 +12,7 @@ import torch
 import sim2real
 from agents.policy import MLPPolicy
 from sim2real import backends as backends_mod
-from sim2real.backends import BackendUnavailable, MujocoBackend, Sim2RealError, make_backend, validation_cfg
+from sim2real.backends import Backend, BackendUnavailable, MujocoBackend, Sim2RealError, make_backend, validation_cfg
 from sim2real.metrics import RolloutMetrics, eval_commands, foot_slip_sums, joint_limits, track_lin_vel_xy_exp
 from sim2real.validate import GATES, load_randomization
 from tasks.locomotion.config import RandomizationCfg
@@ -122,6 +122,24 @@ def test_missing_isaaclab_is_a_clear_backend_unavailable(monkeypatch, tmp_path, 
     _policy(0.0).save(tmp_path / "p")
     assert main(["validate", f"task={TASK}", f"policy={tmp_path / 'p'}", "backends=isaaclab", "episodes=2"]) == 2
     assert ".venv-isaaclab" in capsys.readouterr().err
+
+
+def test_an_optional_backend_failing_while_running_is_skipped(monkeypatch):
+    import sim2real.validate as validate_mod
+
+    class NoAssets:
+        name, randomizable, policy_input = "isaaclab", True, "callable"
+
+        def run(self, policy, task, episodes, seed, randomization):
+            raise BackendUnavailable("no Isaac Lab assets: run scripts/setup_isaaclab.sh")
+
+    assert isinstance(NoAssets(), Backend) and isinstance(make_backend("mujoco"), Backend)
+    real = validate_mod.make_backend
+    monkeypatch.setattr(validate_mod, "make_backend", lambda name, **kw: NoAssets() if name == "isaaclab" else real(name, **kw))
+    r = sim2real.validate(_policy(0.0), TASK, backends="mujoco,isaaclab?", **SHORT)
+    assert r["backends"] == ["mujoco"] and "no Isaac Lab assets" in r["skipped"][0]["reason"]
+    with pytest.raises(BackendUnavailable, match="no Isaac Lab assets"):
+        sim2real.validate(_policy(0.0), TASK, backends="mujoco,isaaclab", **SHORT)
 
 
 def test_unknown_backend_gate_level_or_task_is_an_error(tmp_path, capsys):
