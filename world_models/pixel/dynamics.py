@@ -5,6 +5,10 @@ carries a conditioning vector built from the action that led to it, the agent st
 and its noise level; adaLN-Zero modulates each frame's tokens with its own vector
 (frame-level action conditioning, IRASim).
 
+A noisy frame's tokens also carry, channel-wise, the clean frame before it (GameNGen's
+context concatenation): every token sees where things were at its own position, so the
+transformer learns the change, while attention reaches the rest of the context.
+
 Training is teacher-forced over a whole window in one pass: the sequence holds a *clean*
 copy of every frame (context, lightly noised: noise augmentation, level embedded) and a
 *noisy* copy of frames 1..L-1 (flow-matching targets). A noisy frame attends to the clean
@@ -86,6 +90,7 @@ class LatentFlowDiT(nn.Module):
         self.tokens = (h // patch) * (w // patch)
         token_in = latent_channels * patch * patch
         self.embed = nn.Linear(token_in, dim)
+        self.embed_noisy = nn.Linear(2 * token_in, dim)  # [x_tau, the clean frame before it] per token
         self.pos_space = nn.Parameter(torch.randn(self.tokens, dim) * 0.02)
         self.pos_time = nn.Parameter(torch.randn(max_frames, dim) * 0.02)
         self.stream = nn.Parameter(torch.zeros(2, dim))  # clean / noisy stream embedding
@@ -136,7 +141,8 @@ class LatentFlowDiT(nn.Module):
         dev = clean.device
         frames = torch.cat([torch.arange(l, device=dev), noisy_frames.to(dev)])
         is_noisy = torch.cat([torch.zeros(l, dtype=torch.bool, device=dev), torch.ones(g, dtype=torch.bool, device=dev)])
-        x = self.embed(torch.cat([self.patchify(clean), self.patchify(noisy)], dim=1))  # (B, L+G, n, dim)
+        prev = self.patchify(clean[:, noisy_frames.to(dev) - 1])  # the frame each noisy frame follows
+        x = torch.cat([self.embed(self.patchify(clean)), self.embed_noisy(torch.cat([self.patchify(noisy), prev], dim=-1))], dim=1)
         x = x + self.pos_space + self.pos_time[frames][None, :, None] + self.stream[is_noisy.long()][None, :, None]
         tau = torch.cat([clean_tau, noisy_tau], dim=1)
         cond = self.cond(torch.cat([torch.cat([clean_cond, noisy_cond], dim=1), timestep_embedding(tau, self.dim)], dim=-1))
