@@ -76,6 +76,21 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def copy_last_baseline(rows: dict, horizons=HORIZONS) -> dict[str, dict[str, float]]:
+    """PSNR / SSIM of predicting "nothing moves" (the last real frame) h steps ahead, over every
+    held-out start row with h successors: the floor a world model has to beat."""
+    from world_models.pixel.training import psnr, ssim
+
+    px, ep = torch.as_tensor(rows["pixels"]), np.asarray(rows["episode"])
+    out = {}
+    for h in horizons:
+        i = np.arange(len(ep) - h)
+        i = i[ep[i + h] == ep[i]]
+        a, b = px[i], px[i + h]
+        out[f"h{h}"] = {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+    return out
+
+
 def _policies() -> dict[str, dict]:
     """>= 10 policies of varied quality, each a set of PushPolicy arguments (or "stay")."""
     return {
@@ -183,6 +198,7 @@ def evaluate(run: Path, seed: int, starts: int = 16, horizon: int = 40) -> None:
     va = {k: v[is_val] for k, v in data.items()}
     res: dict = {"train": extra["metrics"], "val_episodes": len(extra["val_episodes"]), "val_frames": int(is_val.sum())}
     curves = {}
+    res["copy_last_baseline"] = copy_last_baseline(va)
     for mode, sample in (("mean", False), ("sampled", True)):
         ol = open_loop(model, va, horizon=16, starts=64, sample=sample, seed=seed)
         p, s = ol["psnr"].mean(0).numpy(), ol["ssim"].mean(0).numpy()
@@ -221,8 +237,8 @@ def print_tables(res: dict) -> None:
           f"(tokenizer {t['tokenizer_seconds'] / 60:.1f}, dynamics {t['dynamics_seconds'] / 60:.1f})")
     print("\n| open loop (64 held-out starts) | PSNR h=1 | PSNR h=8 | PSNR h=16 | SSIM h=1 | SSIM h=8 | SSIM h=16 |")
     print("|---|---|---|---|---|---|---|")
-    for mode in ("mean", "sampled"):
-        o = res[f"open_loop_{mode}"]
+    for mode in ("mean", "sampled", "copy_last_baseline"):
+        o = res[f"open_loop_{mode}"] if mode != "copy_last_baseline" else res[mode]
         print(f"| {mode} | " + " | ".join(f"{o[f'h{h}']['psnr']:.2f}" for h in HORIZONS) + " | "
               + " | ".join(f"{o[f'h{h}']['ssim']:.3f}" for h in HORIZONS) + " |")
     print("\n| coverage head | MAE | Pearson r |\n|---|---|---|")
