@@ -24,7 +24,8 @@ import yaml
 
 from world_models import build_model, load_checkpoint, save_checkpoint
 from world_models.checkpoint import read_config
-from world_models.pixel.frames import FrameStore, frame_model_spec, split_frame_episodes
+from world_models.data import split_episodes
+from world_models.pixel.frames import FrameStore, frame_model_spec
 from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
         print(f"collected {len(rows['step'])} frames in {time.time() - t0:.0f} s")
     store = FrameStore(store_path)
     data = store.load()
-    tr, va = split_frame_episodes(data, float(model_cfg["val_fraction"]), seed=seed)
+    tr, va = split_episodes(data, float(model_cfg["val_fraction"]), seed=seed)
     torch.manual_seed(seed)
     spec = frame_model_spec({**frame_dataset_meta(), **store.meta}, int(model_cfg["history"]), int(model_cfg["forecast"]), float(model_cfg["dt"]))
     model = build_model("pixel_dit", spec, **model_cfg["params"])

@@ -26,7 +26,7 @@ from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
 from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
-from world_models.pixel.frames import FrameStore, frame_model_spec, split_frame_episodes
+from world_models.pixel.frames import FrameStore, frame_model_spec
 from world_models.pixel.training import PixelTrainConfig, train_pixel_model
 from world_models.training import WorldModelTrainConfig, train_world_model
 
@@ -132,7 +132,7 @@ def run_train_pixel_model(cfg: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         raise ConfigError(f"task {cfg['task']!r} has camera frames: use model=pixel_dit, not {m['name']!r}")
     store = FrameStore(run_path(cfg, "data", "data"))
     data = store.load()
-    train, val = split_frame_episodes(data, float(m["val_fraction"]), seed=int(cfg["seed"]))
+    train, val = split_episodes(data, float(m["val_fraction"]), seed=int(cfg["seed"]))
     spec = frame_model_spec(store.meta, int(m["history"]), int(m["forecast"]), float(m["dt"]))
     try:
         model = build_model("pixel_dit", spec, **(m["params"] or {})).to(cfg["device"])

@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,17 +179,26 @@ class TransitionStore:
 
     def load(self) -> dict[str, np.ndarray]:
         """All transitions, concatenated in chunk order: dict of arrays with leading dim N."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.fields}
-        for name in self.meta["chunks"]:
-            try:
-                with np.load(self.path / name, allow_pickle=False) as z:
-                    for k in parts:
-                        parts[k].append(z[k])
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-                raise DatasetError(f"corrupt dataset chunk {self.path / name}: {e}") from e
-        if not parts["reward"]:
-            raise DatasetError(f"dataset {self.path} holds no transitions")
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        return load_chunks(self.path, self.meta["chunks"], self.fields, "dataset")
+
+
+def load_chunks(path: Path, chunks: list[str], fields: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """The ``fields`` of every ``.npz`` chunk in ``path``, concatenated in order (leading dim N).
+
+    A missing, truncated or foreign chunk raises :class:`DatasetError` naming it; so does a
+    store with no rows. ``what`` names the store in messages ("dataset", "frame dataset").
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in fields}
+    for name in chunks:
+        try:
+            with np.load(path / name, allow_pickle=False) as z:
+                for k in parts:
+                    parts[k].append(z[k])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise DatasetError(f"corrupt {what} chunk {path / name}: {e}") from e
+    if not chunks:
+        raise DatasetError(f"{what} {path} holds no rows")
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def split_episodes(data: dict[str, np.ndarray], val_fraction: float, seed: int = 0) -> tuple[dict, dict]:

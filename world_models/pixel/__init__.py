@@ -2,8 +2,8 @@
 Cosmos adapter in :mod:`world_models.pixel.cosmos_adapter`, which needs the ``pixels`` extra)."""
 
 from world_models.pixel.dynamics import LatentFlowDiT
-from world_models.pixel.frames import FrameStore, FrameWindows, split_frame_episodes
+from world_models.pixel.frames import FrameStore, FrameWindows
 from world_models.pixel.model import PixelWorldModel
 from world_models.pixel.tokenizer import CausalVideoTokenizer
 
-__all__ = ["CausalVideoTokenizer", "FrameStore", "FrameWindows", "LatentFlowDiT", "PixelWorldModel", "split_frame_episodes"]
+__all__ = ["CausalVideoTokenizer", "FrameStore", "FrameWindows", "LatentFlowDiT", "PixelWorldModel"]

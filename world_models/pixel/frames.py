@@ -14,7 +14,6 @@ zero (nothing was done after it) and ``last`` is True. Writes are atomic (tempor
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from world_models.base import ModelSpec
-from world_models.data import DatasetError, atomic_write_bytes, atomic_write_json
+from world_models.data import DatasetError, atomic_write_bytes, atomic_write_json, load_chunks
 
 FORMAT = "wam.frames"
 FORMAT_VERSION = 1
@@ -104,29 +103,9 @@ class FrameStore:
         self.meta = meta
 
     def load(self) -> dict[str, np.ndarray]:
-        """Every row, concatenated in chunk order."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in FRAME_FIELDS}
-        for name in self.meta["chunks"]:
-            try:
-                with np.load(self.path / name, allow_pickle=False) as z:
-                    for k in parts:
-                        parts[k].append(z[k])
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-                raise DatasetError(f"corrupt frame-dataset chunk {self.path / name}: {e}") from e
-        if not parts["episode"]:
-            raise DatasetError(f"frame dataset {self.path} holds no frames")
-        return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def split_frame_episodes(data: dict[str, np.ndarray], val_fraction: float, seed: int = 0) -> tuple[dict, dict]:
-    """(train, held-out) rows, split by whole episodes."""
-    episodes = np.unique(data["episode"])
-    n_val = max(1, int(round(len(episodes) * val_fraction)))
-    if n_val >= len(episodes):
-        raise DatasetError(f"cannot hold out {n_val} of {len(episodes)} episodes")
-    val = np.random.default_rng(seed).choice(episodes, size=n_val, replace=False)
-    is_val = np.isin(data["episode"], val)
-    return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
+        """Every row, concatenated in chunk order (split by episodes with
+        :func:`world_models.data.split_episodes`)."""
+        return load_chunks(self.path, self.meta["chunks"], FRAME_FIELDS, "frame dataset")
 
 
 class FrameWindows:
