@@ -13,6 +13,16 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: one torch thread is faster and immune to oversubscribed cores.
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def pendulum_transitions() -> dict[str, np.ndarray]:
     """3000 real Pendulum-v1 transitions (random policy, 6 envs, 15 episodes)."""

@@ -34,13 +34,7 @@ from world_models.data import model_spec_from_data, to_torch
 PENDULUM = get_task("pendulum")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny networks: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ from wam.cli import main
 ALL_FORMATS = ("onnx", "torchscript", "torch_export")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def anymal_policy(seed: int = 0) -> MLPPolicy:

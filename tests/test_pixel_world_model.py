@@ -51,17 +51,11 @@ def square_rows(episodes: int = 40, steps: int = 12, seed: int = 0) -> dict[str,
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: a second thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained_square_model(one_thread):
+def trained_square_model(one_torch_thread):
     torch.manual_seed(0)
     rows = square_rows()
     model = build_model("pixel_dit", spec(), **TINY)

@@ -34,13 +34,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The models here are tiny: one thread is faster and immune to oversubscribed cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(name: str, spec: ModelSpec = SPEC, **overrides) -> torch.nn.Module:

@@ -190,7 +190,8 @@ class Imagination:
         }
 
 
-def _scatter_carry(carry: Carry, idx: torch.Tensor, new: Carry) -> None:
+def scatter_carry(carry: Carry, idx: torch.Tensor, new: Carry) -> None:
+    """Partial reset in place: ``carry[k][idx] = new[k]`` for every entry (idx (K,) long)."""
     for k, v in new.items():
         carry[k][idx] = v
 
@@ -254,7 +255,7 @@ class ImaginedVecEnv(gym.vector.VectorEnv):
             self.episode_length_buf.zero_()
         else:
             idx = torch.as_tensor(mask, device=self.device).nonzero().squeeze(1)
-            _scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
+            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
             self.episode_length_buf[idx] = 0
         return self.carry["obs"].clone(), {}
 
@@ -274,7 +275,7 @@ class ImaginedVecEnv(gym.vector.VectorEnv):
             info["final_obs"] = obs.clone()
             info["_final_obs"] = done
             idx = done.nonzero().squeeze(1)
-            _scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
+            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
             self.episode_length_buf[idx] = 0
             obs = self.carry["obs"]
         return obs.clone(), out["reward"], terminated, truncated, info

@@ -27,6 +27,8 @@ from world_models.checkpoint import load_checkpoint
 from world_models.pixel.frames import FrameStore
 from world_models.pixel.model import PixelWorldModel
 
+from wam_env.imagined import scatter_carry
+
 
 class PixelImagination:
     """Model + real start frames, shared by the single and the batched env.
@@ -109,11 +111,6 @@ class PixelImagination:
                      "coverage": pred.extras["coverage"]}
 
 
-def _scatter(carry: Carry, idx: torch.Tensor, new: Carry) -> None:
-    for k, v in new.items():
-        carry[k][idx] = v
-
-
 class ImaginedPixelVecEnv(gym.vector.VectorEnv):
     """``num_envs`` imagined Push-T episodes, torch tensors on ``device``.
 
@@ -158,7 +155,7 @@ class ImaginedPixelVecEnv(gym.vector.VectorEnv):
             self.episode_length_buf.zero_()
         else:
             idx = torch.as_tensor(mask, device=self.device).nonzero().squeeze(1)
-            _scatter(self.carry, idx, self.imagination.start(len(idx)))
+            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
             self.episode_length_buf[idx] = 0
         return self._obs(), {}
 
@@ -177,7 +174,7 @@ class ImaginedPixelVecEnv(gym.vector.VectorEnv):
             info["final_obs"] = self._obs()
             info["_final_obs"] = done
             idx = done.nonzero().squeeze(1)
-            _scatter(self.carry, idx, self.imagination.start(len(idx)))
+            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
             self.episode_length_buf[idx] = 0
         return self._obs(), out["reward"], terminated, truncated, info
 
