@@ -10,6 +10,11 @@ the very same code runs in the real env and in the imagined one: :class:`PushPol
 the T by its colour in the frame and pushes its centroid toward the goal's.
 :func:`collect_pusht` records episodes (frames, agent state, actions, coverage) with the
 scripted pusher using the true block pose plus noise.
+
+Language variants (:data:`PUSHT_VARIANTS`): the same env, but the instruction names a target
+region for the T (centre, or one of four corners); success is the T's centroid within
+:data:`REGION_RADIUS` of the region's centre. The frame never shows the target (gym-pusht
+draws its own goal T, the same in every variant), so a policy must read the instruction.
 """
 
 from __future__ import annotations
@@ -35,6 +40,35 @@ BLOCK_RGB = np.array([119.0, 136.0, 153.0])  # LightSlateGray
 
 class MissingExtraError(ImportError):
     """An optional dependency (an extra of the wam package) is not installed."""
+
+
+@dataclass(frozen=True)
+class PushTVariant:
+    """A language-specified Push-T task: push the T's centroid to ``target`` (world units)."""
+
+    name: str
+    instruction: str
+    target: tuple[float, float]
+
+
+REGION_RADIUS = 40.0  # world units: the T's centroid this close to a variant's target counts as success
+PUSHT_VARIANTS: dict[str, PushTVariant] = {v.name: v for v in (
+    PushTVariant("center", "push the T block to the center", (256.0, 256.0)),
+    PushTVariant("top_left", "push the T block to the top left corner", (150.0, 150.0)),
+    PushTVariant("top_right", "push the T block to the top right corner", (362.0, 150.0)),
+    PushTVariant("bottom_left", "push the T block to the bottom left corner", (150.0, 362.0)),
+    PushTVariant("bottom_right", "push the T block to the bottom right corner", (362.0, 362.0)),
+)}
+
+
+def region_distance(block_pose: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Distance (world units) of the T's centroid at poses (..., 3) to targets (..., 2)."""
+    pose = np.asarray(block_pose, dtype=np.float64)
+    c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
+    cx = pose[..., 0] - s * T_CENTROID[1]
+    cy = pose[..., 1] + c * T_CENTROID[1]
+    t = np.asarray(target, dtype=np.float64)
+    return np.hypot(cx - t[..., 0], cy - t[..., 1])
 
 
 def make_pusht_env(size: int = 64, **kwargs):
@@ -136,7 +170,8 @@ class PushPolicy:
 def frame_dataset_meta(size: int = 64) -> dict:
     """Meta of a Push-T frame dataset (see :class:`world_models.pixel.frames.FrameStore`)."""
     return {"task": PUSHT.name, "env_id": PUSHT.env_id, "frame_shape": [size, size, 3], "state_dim": 2, "action_dim": 2,
-            "action_low": [0.0, 0.0], "action_high": [WORLD, WORLD], "state_low": [0.0, 0.0], "state_high": [WORLD, WORLD]}
+            "action_low": [0.0, 0.0], "action_high": [WORLD, WORLD], "state_low": [0.0, 0.0], "state_high": [WORLD, WORLD],
+            "optional_fields": ["block_pose"]}
 
 
 def random_policy(seed: int = 0) -> PushPolicy:
@@ -151,20 +186,26 @@ def collect_pusht(episodes: int, max_steps: int = 150, size: int = 64, seed: int
     (N, 2), ``action`` (N, 2), ``coverage`` (N,), ``success`` (N,), ``last``, ``episode``, ``step``.
 
     Each episode draws a behaviour: the scripted pusher on the true block pose with noise std
-    in {0, 5, 20, 50, 100} and random-action probability in {0, 0.3} (85 %), or random
-    actions (15 %), so the data hold successes, near-successes and failures.
+    in {0, 5, 20, 50, 100} and random-action probability in {0, 0.3}, pushing toward the
+    goal's centroid or one of the :data:`PUSHT_VARIANTS` targets (85 %), or random actions
+    (15 %), so the data hold successes, near-successes and failures for every variant.
+    Rows also carry ``block_pose`` (N, 3) (x, y, angle), from which any variant's success is computed.
     """
     from tqdm import tqdm
 
     env = make_pusht_env(size)
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {k: [] for k in ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step")}
+    rows: dict[str, list] = {k: [] for k in ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step",
+                                             "block_pose")}
+    goals = [GOAL_CENTROID] + [np.array(v.target) for v in PUSHT_VARIANTS.values()]
     for ep in tqdm(range(episodes), desc="collect pusht", disable=not progress):
         if rng.random() < 0.15:
             policy = random_policy(int(rng.integers(1 << 31)))
         else:
+            goal = goals[int(rng.integers(len(goals)))]
             policy = PushPolicy(noise=float(rng.choice([0, 5, 20, 50, 100])), random_prob=float(rng.choice([0.0, 0.3])),
-                                push_depth=float(rng.uniform(20, 60)), seed=int(rng.integers(1 << 31)))
+                                push_depth=float(rng.uniform(20, 60)), goal=(float(goal[0]), float(goal[1])),
+                                seed=int(rng.integers(1 << 31)))
         obs, info = env.reset(seed=int(rng.integers(1 << 31)))
         coverage, t, finished = float(env.unwrapped._get_coverage()), 0, False
         while True:
@@ -172,7 +213,7 @@ def collect_pusht(episodes: int, max_steps: int = 150, size: int = 64, seed: int
             action = np.zeros(2, np.float32) if ended else policy.act(obs, block_centroid(info["block_pose"]))
             for k, v in (("pixels", obs["pixels"]), ("agent_pos", obs["agent_pos"]), ("action", action),
                          ("coverage", coverage), ("success", coverage > SUCCESS_COVERAGE), ("last", ended),
-                         ("episode", ep), ("step", t)):
+                         ("episode", ep), ("step", t), ("block_pose", info["block_pose"])):
                 rows[k].append(v)
             if ended:
                 break

@@ -13,7 +13,7 @@ from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoin
 from world_models.data import DatasetError
 from world_models.pixel.frames import FrameStore, FrameWindows
 from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
-from world_models.pixel.training import PixelTrainConfig, open_loop, psnr, ssim, train_pixel_model
+from world_models.pixel.training import PixelTrainConfig, open_loop, psnr, ssim, train_dynamics, train_pixel_model
 
 SIZE = 16
 TINY = dict(frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32, depth=2, heads=2,
@@ -119,6 +119,34 @@ def test_action_conditioning_matters(trained_square_model):
     assert torch.allclose(pred.obs, targets, atol=60)  # agent head
     ol = open_loop(model, rows, horizon=3, starts=4)
     assert ol["psnr"].shape == (4, 3) and ol["imagined"].dtype == torch.uint8
+
+
+def test_residual_model_with_agent_maps_follows_actions(trained_square_model):
+    """The residual flow with spatial action maps: heat maps peak at the token showing the
+    point, a fresh model's normalization is fitted from data, and after training actions
+    move the square where they send it."""
+    base, rows, _ = trained_square_model
+    torch.manual_seed(0)
+    model = build_model("pixel_dit", spec(), **TINY, agent_maps=True, residual=True)
+    model.tokenizer.load_state_dict(base.tokenizer.state_dict())
+    maps = model.token_maps(torch.tensor([[-0.9, 0.9]]), torch.tensor([[0.9, -0.9]]))  # (1, tokens, 2 * 16)
+    side = SIZE // 8  # tokens per side (patch 1)
+    assert maps.shape == (1, side * side, 2 * model.MAP_CELLS**2)
+    assert int(maps[0, :, :16].sum(-1).argmax()) == (side - 1) * side  # agent at bottom left: last row, first column
+    assert int(maps[0, :, 16:].sum(-1).argmax()) == side - 1  # target at top right
+    cfg = PixelTrainConfig(dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3)
+    train_dynamics(model, rows, cfg, fit_stats=True, progress=False)
+    assert float(model.delta_std.min()) >= 0.05 and not torch.equal(model.latent_std, torch.ones_like(model.latent_std))
+    start = {"pixels": torch.as_tensor(square_frames(np.array([[256.0, 256.0]] * 2))), "agent_pos": torch.full((2, 2), 256.0)}
+    carry = model.observe(model.initial(2), start, start["agent_pos"], torch.ones(2, dtype=torch.bool))
+    targets = torch.tensor([[100.0, 100.0], [420.0, 400.0]])
+    with torch.no_grad():
+        _, pred = model.imagine(carry, targets, sample=False)
+    frames, truth = pred.extras["pixels"], torch.as_tensor(square_frames(targets.numpy()))
+    assert float(psnr(frames[0], truth[0])) > float(psnr(frames[0], truth[1])) + 1
+    assert float(psnr(frames[1], truth[1])) > float(psnr(frames[1], truth[0])) + 1
+    with pytest.raises(ValueError, match="episode"):
+        model.fit_latent_stats(torch.zeros(4, 4, 2, 2))
 
 
 def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):

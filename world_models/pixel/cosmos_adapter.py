@@ -111,7 +111,10 @@ class CosmosDenoiser(nn.Module):
         self.fps = fps
 
     def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor, noisy: torch.Tensor,
-                noisy_tau: torch.Tensor, noisy_cond: torch.Tensor, noisy_frames: torch.Tensor) -> torch.Tensor:
+                noisy_tau: torch.Tensor, noisy_cond: torch.Tensor, noisy_frames: torch.Tensor,
+                clean_extra: torch.Tensor | None = None, noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
+        if clean_extra is not None or noisy_extra is not None:
+            raise ValueError("the Cosmos denoiser takes no per-token features: build the model with agent_maps=False")
         out = []
         for j, pos in enumerate(noisy_frames.tolist()):
             ctx = clean[:, :pos]

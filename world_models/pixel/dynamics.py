@@ -7,7 +7,10 @@ and its noise level; adaLN-Zero modulates each frame's tokens with its own vecto
 
 A noisy frame's tokens also carry, channel-wise, the clean frame before it (GameNGen's
 context concatenation): every token sees where things were at its own position, so the
-transformer learns the change, while attention reaches the rest of the context.
+transformer learns the change, while attention reaches the rest of the context. Optional
+per-token features (``token_extra``; the pixel model puts spatial heat maps of the agent's
+position and of the action's target there) join every token's input, so that where the
+pusher is and where it is sent is known at the token that shows it.
 
 Training is teacher-forced over a whole window in one pass: the sequence holds a *clean*
 copy of every frame (context, lightly noised: noise augmentation, level embedded) and a
@@ -78,10 +81,11 @@ class LatentFlowDiT(nn.Module):
         patch: p, latent pixels per token side.
         cond_dim: size of the per-frame conditioning input (action + agent state features).
         max_frames: longest window (context + target frames) the positional table covers.
+        token_extra: size E of optional per-token input features (0: none).
     """
 
     def __init__(self, latent_channels: int, latent_size: tuple[int, int], cond_dim: int, dim: int = 128,
-                 depth: int = 4, heads: int = 4, patch: int = 2, max_frames: int = 16):
+                 depth: int = 4, heads: int = 4, patch: int = 2, max_frames: int = 16, token_extra: int = 0):
         super().__init__()
         h, w = latent_size
         if h % patch or w % patch or dim % heads:
@@ -89,8 +93,9 @@ class LatentFlowDiT(nn.Module):
         self.c, self.h, self.w, self.p, self.dim = latent_channels, h, w, patch, dim
         self.tokens = (h // patch) * (w // patch)
         token_in = latent_channels * patch * patch
-        self.embed = nn.Linear(token_in, dim)
-        self.embed_noisy = nn.Linear(2 * token_in, dim)  # [x_tau, the clean frame before it] per token
+        self.token_extra = token_extra
+        self.embed = nn.Linear(token_in + token_extra, dim)
+        self.embed_noisy = nn.Linear(2 * token_in + token_extra, dim)  # [x_tau, the clean frame before it, extra]
         self.pos_space = nn.Parameter(torch.randn(self.tokens, dim) * 0.02)
         self.pos_time = nn.Parameter(torch.randn(max_frames, dim) * 0.02)
         self.stream = nn.Parameter(torch.zeros(2, dim))  # clean / noisy stream embedding
@@ -120,7 +125,8 @@ class LatentFlowDiT(nn.Module):
 
     def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
                 noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
-                noisy_frames: torch.Tensor) -> torch.Tensor:
+                noisy_frames: torch.Tensor, clean_extra: torch.Tensor | None = None,
+                noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
         """Velocities of the noisy frames.
 
         Args:
@@ -132,6 +138,8 @@ class LatentFlowDiT(nn.Module):
             noisy_cond: (B, G, cond_dim) their conditioning.
             noisy_frames: (G,) long, the window position of each noisy frame (>= 1; it attends
                 to the clean frames before it).
+            clean_extra, noisy_extra: (B, L, tokens, E) / (B, G, tokens, E) per-token features
+                (required when ``token_extra`` > 0).
         Returns: (B, G, C, h, w) predicted velocity x1 - x0.
         """
         b, l = clean.shape[:2]
@@ -142,7 +150,13 @@ class LatentFlowDiT(nn.Module):
         frames = torch.cat([torch.arange(l, device=dev), noisy_frames.to(dev)])
         is_noisy = torch.cat([torch.zeros(l, dtype=torch.bool, device=dev), torch.ones(g, dtype=torch.bool, device=dev)])
         prev = self.patchify(clean[:, noisy_frames.to(dev) - 1])  # the frame each noisy frame follows
-        x = torch.cat([self.embed(self.patchify(clean)), self.embed_noisy(torch.cat([self.patchify(noisy), prev], dim=-1))], dim=1)
+        clean_in, noisy_in = [self.patchify(clean)], [self.patchify(noisy), prev]
+        if self.token_extra:
+            if clean_extra is None or noisy_extra is None:
+                raise ValueError(f"this DiT takes {self.token_extra} per-token features: pass clean_extra and noisy_extra")
+            clean_in.append(clean_extra)
+            noisy_in.append(noisy_extra)
+        x = torch.cat([self.embed(torch.cat(clean_in, dim=-1)), self.embed_noisy(torch.cat(noisy_in, dim=-1))], dim=1)
         x = x + self.pos_space + self.pos_time[frames][None, :, None] + self.stream[is_noisy.long()][None, :, None]
         tau = torch.cat([clean_tau, noisy_tau], dim=1)
         cond = self.cond(torch.cat([torch.cat([clean_cond, noisy_cond], dim=1), timestep_embedding(tau, self.dim)], dim=-1))

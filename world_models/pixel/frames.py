@@ -37,6 +37,10 @@ FRAME_FIELDS: dict[str, tuple[np.dtype, str]] = {
     "episode": (np.dtype(np.int64), ""),
     "step": (np.dtype(np.int64), ""),
 }
+# fields a dataset may carry when its meta lists them in ``optional_fields``
+OPTIONAL_FRAME_FIELDS: dict[str, tuple[np.dtype, str]] = {
+    "block_pose": (np.dtype(np.float32), "P"),  # (x, y, angle) of the pushed object (world units, rad)
+}
 
 
 class FrameStore:
@@ -46,7 +50,8 @@ class FrameStore:
         path: dataset folder.
         meta: required for a new dataset: ``frame_shape`` [H, W, 3], ``state_dim``,
             ``action_dim``, ``action_low`` / ``action_high``, optionally ``state_low`` /
-            ``state_high`` (the agent-state box) and the ``task`` name.
+            ``state_high`` (the agent-state box), the ``task`` name and ``optional_fields``
+            (names in OPTIONAL_FRAME_FIELDS that every append must then carry).
     """
 
     def __init__(self, path: str | Path, meta: dict[str, Any] | None = None):
@@ -69,6 +74,9 @@ class FrameStore:
             for key in ("frame_shape", "state_dim", "action_dim", "action_low", "action_high"):
                 if key not in meta:
                     raise DatasetError(f"new frame dataset meta must contain {key!r}")
+            unknown = set(meta.get("optional_fields", [])) - set(OPTIONAL_FRAME_FIELDS)
+            if unknown:
+                raise DatasetError(f"unknown optional frame fields {sorted(unknown)}; known: {sorted(OPTIONAL_FRAME_FIELDS)}")
             self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "frame_shape": list(meta["frame_shape"]),
                          "chunks": [], "num_frames": 0, "num_episodes": 0}
             atomic_write_json(meta_path, self.meta)
@@ -76,16 +84,22 @@ class FrameStore:
     def __len__(self) -> int:
         return int(self.meta["num_frames"])
 
+    @property
+    def fields(self) -> dict[str, tuple[np.dtype, str]]:
+        """Every field this dataset stores: FRAME_FIELDS plus its optional ones."""
+        return {**FRAME_FIELDS, **{k: OPTIONAL_FRAME_FIELDS[k] for k in self.meta.get("optional_fields", [])}}
+
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Append whole episodes: every field of FRAME_FIELDS with leading dim N, rows grouped by
         episode in step order (episode ids local to this call; they are renumbered)."""
-        missing = set(FRAME_FIELDS) - set(rows)
+        missing = set(self.fields) - set(rows)
         if missing:
             raise DatasetError(f"frame rows are missing fields {sorted(missing)}")
         n = len(rows["episode"])
-        dims = {"F": tuple(self.meta["frame_shape"]), "S": (self.meta["state_dim"],), "A": (self.meta["action_dim"],), "": ()}
+        dims = {"F": tuple(self.meta["frame_shape"]), "S": (self.meta["state_dim"],), "A": (self.meta["action_dim"],),
+                "P": (3,), "": ()}
         arrays = {}
-        for name, (dtype, key) in FRAME_FIELDS.items():
+        for name, (dtype, key) in self.fields.items():
             a = np.asarray(rows[name])
             if a.shape != (n, *dims[key]):
                 raise DatasetError(f"field {name!r} must have shape {(n, *dims[key])}, got {a.shape}")
@@ -105,7 +119,7 @@ class FrameStore:
     def load(self) -> dict[str, np.ndarray]:
         """Every row, concatenated in chunk order (split by episodes with
         :func:`world_models.data.split_episodes`)."""
-        return load_chunks(self.path, self.meta["chunks"], FRAME_FIELDS, "frame dataset")
+        return load_chunks(self.path, self.meta["chunks"], self.fields, "frame dataset")
 
 
 class FrameWindows:

@@ -43,7 +43,14 @@ class PixelWorldModel(WorldModel):
         success_coverage: coverage above which the task counts as solved; the reward is
             clip(coverage / success_coverage, 0, 1) (Push-T's).
         reward_hidden: width of the coverage head.
+        agent_maps: give every DiT token heat maps (4 x 4 cells per token) of the agent's
+            position in its frame and of the action's target (spatial action conditioning).
+        residual: the flow generates the change from the last context latent, in units of the
+            per-channel std of frame-to-frame changes (``delta_std``), instead of the latent itself:
+            still parts of the scene stay exactly as they were unless the model moves them.
     """
+
+    MAP_CELLS = 4  # heat-map cells per token side
 
     has_reward_head = True
     has_termination_head = True
@@ -51,7 +58,8 @@ class PixelWorldModel(WorldModel):
     def __init__(self, spec: ModelSpec, frame_size: int = 64, latent_channels: int = 16,
                  tokenizer_channels: tuple[int, ...] = (16, 32, 64, 96), dim: int = 128, depth: int = 4,
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
-                 infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64):
+                 infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
+                 agent_maps: bool = False, residual: bool = False):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -66,19 +74,26 @@ class PixelWorldModel(WorldModel):
                             tokenizer_channels=list(tokenizer_channels), dim=dim, depth=depth, heads=heads,
                             patch=patch, sample_steps=sample_steps, context_noise=context_noise,
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
-                            reward_hidden=reward_hidden)
+                            reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
         self.success_coverage = success_coverage
+        self.agent_maps, self.residual = agent_maps, residual
         s, a = spec.obs_dim, spec.action_dim
+        if agent_maps and (s != 2 or a != 2):
+            raise ValueError(f"agent_maps needs a 2-D agent state and action (image x, y), got {s} and {a}")
+        self.map_side = (self.latent_size // patch) * self.MAP_CELLS
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels))
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
-                                 heads=heads, patch=patch, max_frames=self.k + 1)
+                                 heads=heads, patch=patch, max_frames=self.k + 1,
+                                 token_extra=2 * self.MAP_CELLS**2 if agent_maps else 0)
         self.coverage_head = CoverageHead(latent_channels, reward_hidden)
         self.agent_head = AgentHead(self.k, s, a)
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
+        if residual:
+            self.register_buffer("delta_std", torch.ones(latent_channels))
         for name, lo, hi in (("obs", spec.obs_low, spec.obs_high), ("action", spec.action_low, spec.action_high)):
             lo_t, hi_t = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
             self.register_buffer(f"{name}_mid", (lo_t + hi_t) / 2)
@@ -101,14 +116,43 @@ class PixelWorldModel(WorldModel):
         return (a - self.action_mid) / self.action_half
 
     @torch.no_grad()
-    def fit_latent_stats(self, latents: torch.Tensor) -> None:
-        """Per-channel mean / std of raw tokenizer latents (N, C, h, w): the DiT's units."""
+    def fit_latent_stats(self, latents: torch.Tensor, episode: torch.Tensor | None = None) -> None:
+        """Per-channel mean / std of raw tokenizer latents (N, C, h, w): the DiT's units; with
+        ``residual``, also the std of the normalized change between consecutive rows of the
+        same episode (``episode`` (N,) ids, rows in step order)."""
         self.latent_mean.copy_(latents.mean(dim=(0, 2, 3)))
         self.latent_std.copy_(latents.std(dim=(0, 2, 3)).clamp_min(1e-4))
+        if self.residual:
+            if episode is None:
+                raise ValueError("a residual PixelWorldModel needs the rows' episode ids to fit delta_std")
+            same = torch.as_tensor(episode[1:] == episode[:-1])
+            z = self.norm_latent(latents)
+            delta = (z[1:] - z[:-1])[same]
+            self.delta_std.copy_(delta.std(dim=(0, 2, 3)).clamp_min(0.05))
 
     def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        """Latent statistics from ``data["latents"]`` (N, C, h, w); states / actions use their boxes."""
-        self.fit_latent_stats(data["latents"])
+        """Latent statistics from ``data["latents"]`` (N, C, h, w) (and ``data["episode"]`` (N,)
+        for a residual model); states / actions use their boxes."""
+        self.fit_latent_stats(data["latents"], data.get("episode"))
+
+    def token_maps(self, pos: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
+        """Per-token heat maps (..., tokens, 2 * MAP_CELLS^2) of normalized agent positions and
+        action targets (..., 2) in [-1, 1] (x = image column, y = image row); None without ``agent_maps``."""
+        if not self.agent_maps:
+            return None
+        r, c = self.map_side, self.MAP_CELLS
+        centers = (torch.arange(r, device=pos.device, dtype=torch.float32) + 0.5) / r * 2 - 1
+        sigma = 0.75 * 2 / r  # three quarters of a cell
+
+        def heat(p: torch.Tensor) -> torch.Tensor:
+            gx = torch.exp(-(centers - p[..., :1]) ** 2 / (2 * sigma**2))  # (..., r) over columns
+            gy = torch.exp(-(centers - p[..., 1:]) ** 2 / (2 * sigma**2))  # (..., r) over rows
+            m = gy[..., :, None] * gx[..., None, :]  # (..., r rows, r cols)
+            t = r // c
+            m = m.reshape(*m.shape[:-2], t, c, t, c).transpose(-3, -2)
+            return m.reshape(*m.shape[:-4], t * t, c * c)
+
+        return torch.cat([heat(pos), heat(action)], dim=-1)
 
     # ---- protocol ------------------------------------------------------------------------
     def initial(self, batch: int) -> Carry:
@@ -157,9 +201,11 @@ class PixelWorldModel(WorldModel):
         return carry
 
     def _velocity(self, ctx: torch.Tensor, ctx_tau: torch.Tensor, ctx_cond: torch.Tensor, x: torch.Tensor,
-                  tau: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+                  tau: torch.Tensor, cond: torch.Tensor, ctx_maps: torch.Tensor | None,
+                  maps: torch.Tensor | None) -> torch.Tensor:
         frames = torch.tensor([ctx.shape[1]], device=ctx.device)
-        return self.dit(ctx, ctx_tau, ctx_cond, x[:, None], tau[:, None], cond[:, None], frames)[:, 0]
+        return self.dit(ctx, ctx_tau, ctx_cond, x[:, None], tau[:, None], cond[:, None], frames,
+                        ctx_maps, None if maps is None else maps[:, None])[:, 0]
 
     def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True,
                 generator: torch.Generator | None = None) -> tuple[Carry, Prediction]:
@@ -178,12 +224,15 @@ class PixelWorldModel(WorldModel):
         ctx_tau = torch.full(ctx.shape[:2], 1.0 - self.infer_context_noise, device=dev)
         ctx_cond = torch.cat([acts, states], dim=-1)
         cond = torch.cat([a, pos_n], dim=-1)
+        ctx_maps, maps = self.token_maps(states, acts), self.token_maps(pos_n, a)
         shape = ctx.shape[:1] + ctx.shape[2:]
         x = torch.randn(shape, device=dev, generator=generator) if sample else torch.zeros(shape, device=dev)
         n = self.sample_steps
         for i in range(n):
             tau = torch.full((b,), i / n, device=dev)
-            x = x + self._velocity(ctx, ctx_tau, ctx_cond, x, tau, cond) / n
+            x = x + self._velocity(ctx, ctx_tau, ctx_cond, x, tau, cond, ctx_maps, maps) / n
+        if self.residual:
+            x = ctx[:, -1] + self.delta_std[:, None, None] * x
         z = self.denorm_latent(x)
         pixels = to_uint8(self.tokenizer.decode(z))
         logit = self.coverage_head(z)
@@ -215,11 +264,13 @@ class PixelWorldModel(WorldModel):
         cond = torch.cat([acts, states], dim=-1)
         level = torch.rand(b, l, device=dev) * self.context_noise
         clean = (1 - level)[..., None, None, None] * z + level[..., None, None, None] * torch.randn_like(z)
-        x1 = z[:, 1:]
+        x1 = (z[:, 1:] - clean[:, :-1]) / self.delta_std[:, None, None] if self.residual else z[:, 1:]
         x0 = torch.randn_like(x1)
         tau = torch.rand(b, l - 1, device=dev)
         xt = tau[..., None, None, None] * x1 + (1 - tau[..., None, None, None]) * x0
-        v = self.dit(clean, 1 - level, cond, xt, tau, cond[:, 1:], torch.arange(1, l, device=dev))
+        maps = self.token_maps(states, acts)
+        v = self.dit(clean, 1 - level, cond, xt, tau, cond[:, 1:], torch.arange(1, l, device=dev),
+                     maps, None if maps is None else maps[:, 1:])
         valid = batch["valid"][:, 1:].float()
         per_frame = (v - (x1 - x0)).pow(2).mean(dim=(2, 3, 4))
         flow = (per_frame * valid).sum() / valid.sum().clamp_min(1)

@@ -115,9 +115,23 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     rec = reconstruction_metrics(model, va)
     metrics.update(rec)
 
+    metrics.update(train_dynamics(model, tr, cfg, fit_stats=True, progress=progress))
+    return metrics
+
+
+def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
+                   progress: bool = True) -> dict[str, float]:
+    """Stage 2 alone: the DiT, the coverage head and the agent head on frame rows, the tokenizer
+    frozen. ``fit_stats`` refits the latent normalization (a fresh model); without it the trained
+    model's units are kept, so this also fine-tunes a trained model on new rows (``cfg.dynamics_*``
+    sets steps, batch and learning rate). Returns the final losses and ``dynamics_seconds``."""
+    torch.manual_seed(cfg.seed)
+    tr = _rows(train)
+    dev = model.latent_mean.device
     t0 = time.time()
     latents_tr = encode_rows(model, tr)
-    model.fit_latent_stats(latents_tr)
+    if fit_stats:
+        model.fit_latent_stats(latents_tr, tr["episode"])
     windows = FrameWindows({**{k: tr[k] for k in ("agent_pos", "action", "coverage", "episode")}, "latents": latents_tr},
                            context=model.k, future=1, seed=cfg.seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
@@ -125,6 +139,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     opt = torch.optim.AdamW(params, lr=cfg.dynamics_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.dynamics_steps, 1))
     bar = tqdm(range(cfg.dynamics_steps), desc="dynamics", disable=not progress)
+    out: dict[str, torch.Tensor] = {}
     for _ in bar:
         out = model.loss({k: v.to(dev) for k, v in windows.sample(cfg.dynamics_batch).items()})
         opt.zero_grad(set_to_none=True)
@@ -134,7 +149,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
         sched.step()
         bar.set_postfix(flow=f"{float(out['flow']):.3f}", cov=f"{float(out['coverage_bce']):.3f}")
     model.eval()
-    metrics.update({f"final_{k}": float(v.detach()) for k, v in out.items()})
+    metrics = {f"final_{k}": float(v.detach()) for k, v in out.items()}
     metrics["dynamics_seconds"] = time.time() - t0
     return metrics
 
