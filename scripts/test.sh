@@ -3,5 +3,5 @@
 # `.venv/bin/pytest -m slow`).  Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_venv.sh test,export,pixels
+bash scripts/setup_venv.sh test,export,pixels,vla
 .venv/bin/python -m pytest -q "$@"

@@ -12,6 +12,8 @@ Commands:
   validate       policy → report across backends (imagined, mujoco, isaaclab) and randomized dynamics
                  (policy= task= backends= model= levels= episodes= gates.fall_rate_max= out=; validate.*);
                  exit 1 if a gate fails
+  vla-posttrain  VLA policy post-trained inside a pixel world model (Push-T language variants), checked in
+                 the real env (task=pusht policy=FOLDER|null model=CHECKPOINT algos=[ppo,grpo]; configs/vla.yaml)
   demo           the whole loop on Pendulum, then runs/demo/report.md with plots
   config         print the merged config
 """
@@ -25,12 +27,15 @@ import sys
 import yaml
 
 from agents.policy import PolicyFileError
+from agents.vla.policy import VLAInputError
 from sim2real.onnx_policy import ExportError
+from tasks.pusht import MissingExtraError
 from wam.config import ConfigError, load_config
 from world_models.checkpoint import CheckpointError
 from world_models.data import DatasetError
 
-COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "export", "validate", "demo", "config")
+COMMANDS = ("collect", "train-model", "train-policy", "evaluate", "play", "export", "validate", "vla-posttrain", "demo",
+            "config")
 # short keys per command: `wam collect policy=... steps=...`, `wam evaluate policy=...`
 SHORTHANDS = {
     "collect": {"policy": "collect.policy", "steps": "collect.steps", "noise": "collect.noise"},
@@ -67,6 +72,10 @@ def _config(command: str, args: list[str]) -> dict:
     base = None
     if args and args[0].startswith("config="):
         base, args = args[0].split("=", 1)[1], args[1:]
+    if command == "vla-posttrain":  # its own config file (configs/vla.yaml)
+        from wam.vla import load_vla_config
+
+        return load_vla_config(args, base)
     if command == "demo":
         args = ["run_dir=runs/demo", *args]
     short = SHORTHANDS.get(command, {})
@@ -134,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'PASS' if r['passed'] else 'FAIL'}: report {r['files']['report']}")
             if not r["passed"]:
                 return 1
+        elif ns.command == "vla-posttrain":
+            from wam.vla import run_vla_posttrain
+
+            r = run_vla_posttrain(cfg)
+            line = ", ".join(f"{a} {v['after']['success_rate']:.2f}" for a, v in r["algos"].items())
+            print(f"real success before {r['before']['success_rate']:.2f}, after {line}; report {r['files']['report']}")
         elif ns.command == "demo":
             from wam.demo import run_demo
 
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wam {ns.command}: config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError, PolicyFileError, ExportError) as e:
+    except (DatasetError, CheckpointError, PolicyFileError, ExportError, VLAInputError, MissingExtraError) as e:
         print(f"wam {ns.command}: {e}", file=sys.stderr)
         return 2
     return 0

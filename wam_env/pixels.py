@@ -79,9 +79,15 @@ class PixelImagination:
         self.start_generator.manual_seed(seed + 1)
 
     @torch.no_grad()
-    def start(self, n: int) -> Carry:
-        """Carry of ``n`` new episodes, each from a real first frame."""
-        pick = torch.randint(0, len(self.start_pixels), (n,), device=self.device, generator=self.start_generator)
+    def start(self, n: int, index: torch.Tensor | None = None) -> Carry:
+        """Carry of ``n`` new episodes, each from a real start frame: drawn at random, or the
+        start frames ``index`` (n,) (e.g. the same start repeated for a GRPO group)."""
+        if index is None:
+            pick = torch.randint(0, len(self.start_pixels), (n,), device=self.device, generator=self.start_generator)
+        else:
+            pick = torch.as_tensor(index, dtype=torch.long, device=self.device)
+            if pick.shape != (n,) or bool(((pick < 0) | (pick >= len(self.start_pixels))).any()):
+                raise ValueError(f"start index must be ({n},) in [0, {len(self.start_pixels)}), got {tuple(pick.shape)}")
         obs = {"pixels": self.start_pixels[pick], "agent_pos": self.start_pos[pick]}
         first = torch.ones(n, dtype=torch.bool, device=self.device)
         return self.model.observe(self.model.initial(n), obs, obs["agent_pos"], first)

@@ -1,0 +1,221 @@
+"""The World-VLA-Loop on Push-T: warm start, post-training in imagination, real checks, model refinement.
+
+1. demonstrations: the scripted pusher per language variant in the real env (noisy, few);
+2. behaviour cloning -> the warm-start policy;
+3. success heads on real frames (demos + the warm start's real episodes), calibrated on
+   held-out real episodes;
+4. post-training (PPO or GRPO) on imagined rollouts from real start frames, rewarded by the
+   success heads; every ``real_check_every`` iterations the policy runs in the real env, the
+   imagined outcome from the very same start frames is logged beside the real one, and those
+   real episodes join the frame store;
+5. after each round but the last, the world model's dynamics is fine-tuned on the stored real
+   rows (tokenizer frozen) and post-training resumes.
+
+The policy's gradient only ever sees imagined rollouts; real episodes serve the checks, the
+success heads and the world model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, grpo_outcomes
+from agents.vla.policy import VLAPolicy
+from agents.vla.ppo import VLAPPO, VLAPPOConfig
+from agents.vla.rollout import policy_act, rollout_imagined, rollout_real
+from agents.vla.success import SuccessEnsemble
+from tasks.pusht import PushPolicy, PushTVariant, block_centroid
+
+
+@dataclass
+class DemoConfig:
+    """Scripted demonstrations per variant (deliberately imperfect)."""
+
+    episodes_per_variant: int = 8
+    noise: float = 20.0          # std (world units) of the pusher's action noise
+    random_prob: float = 0.1     # share of uniformly random actions
+    max_steps: int = 150
+    seed: int = 1000
+
+
+@dataclass
+class PostTrainConfig:
+    """Post-training in imagination and the loop around it."""
+
+    iterations: int = 8             # updates per round
+    rounds: int = 2                 # rounds; the world model is refined between rounds
+    envs: int = 128                 # imagined rollouts per update (PPO; GRPO: starts x group)
+    decisions: int = 8              # policy calls per imagined rollout (x chunk env steps)
+    real_check_every: int = 4       # iterations between real checks
+    real_check_episodes: int = 20   # real episodes per check (spread over the variants)
+    real_check_seed: int = 50000
+    dynamics_steps: int = 150       # world-model fine-tuning steps per refinement (0: no refinement)
+    dynamics_batch: int = 16
+    dynamics_lr: float = 2e-4
+    video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
+    seed: int = 0
+
+
+def variant_list(variants: dict[str, PushTVariant], n: int) -> list[PushTVariant]:
+    """Episode i gets variant i mod V: evaluations spread evenly over the variants."""
+    vs = list(variants.values())
+    return [vs[i % len(vs)] for i in range(n)]
+
+
+def collect_demos(variants: dict[str, PushTVariant], cfg: DemoConfig, radius: float, size: int = 64,
+                  progress: bool = False) -> dict:
+    """Real episodes of the scripted pusher (true block pose, noise) toward each variant's target;
+    returns :func:`rollout_real`'s dict plus ``variant`` (N,) the variant index of every row."""
+    vs = variant_list(variants, cfg.episodes_per_variant * len(variants))
+    seeds = [cfg.seed + i for i in range(len(vs))]
+    pushers = [PushPolicy(noise=cfg.noise, random_prob=cfg.random_prob, goal=v.target, seed=s) for v, s in zip(vs, seeds)]
+
+    def act(pixels, state, idx, infos):
+        return np.stack([pushers[i].act({"pixels": p, "agent_pos": s}, block_centroid(info["block_pose"]))[None]
+                         for p, s, i, info in zip(pixels, state, idx, infos)])
+
+    out = rollout_real(act, vs, seeds, cfg.max_steps, radius, size, stop_on_success=False, progress=progress)
+    names = list(variants)
+    out["variant"] = np.array([names.index(vs[e].name) for e in out["rows"]["episode"]])
+    return out
+
+
+def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[str, PushTVariant], episodes: int,
+                  seed: int, max_steps: int, radius: float, size: int = 64, frames_of: int = 0,
+                  progress: bool = False) -> dict:
+    """Deterministic (mean-chunk) real episodes, seeds ``seed .. seed + episodes - 1``, variant i mod V;
+    adds ``success_rate``, ``per_variant`` success rates and ``variant`` (episodes,)."""
+    vs = variant_list(variants, episodes)
+    names = list(variants)
+    vi = np.array([names.index(v.name) for v in vs])
+    out = rollout_real(policy_act(policy, lang_table[torch.as_tensor(vi)], deterministic=True), vs,
+                       [seed + i for i in range(episodes)], max_steps, radius, size, frames_of=frames_of, progress=progress)
+    out["variant"] = vi
+    out["success_rate"] = float(out["success"].mean())
+    out["per_variant"] = {n: float(out["success"][vi == k].mean()) for k, n in enumerate(names)}
+    return out
+
+
+class StartPool:
+    """Real frames imagined episodes start from (``pixels`` (S, H, W, 3) uint8, ``agent_pos`` (S, 2))."""
+
+    def __init__(self, rows: dict[str, np.ndarray]):
+        self.pixels = torch.as_tensor(rows["pixels"])
+        self.agent_pos = torch.as_tensor(rows["agent_pos"]).float()
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        self.pixels = torch.cat([self.pixels, torch.as_tensor(rows["pixels"])])
+        self.agent_pos = torch.cat([self.agent_pos, torch.as_tensor(rows["agent_pos"]).float()])
+
+    def imagination(self, model, device: str | torch.device, sample: bool = True):
+        from wam_env.pixels import PixelImagination
+
+        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, sample)
+
+
+def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    first = rows["step"] == 0
+    return {"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]}
+
+
+def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, lang_table: torch.Tensor,
+               variants: dict[str, PushTVariant], pool: StartPool, base_rows: dict[str, np.ndarray], cfg: PostTrainConfig,
+               ppo: VLAPPOConfig, grpo: VLAGRPOConfig, max_steps: int, radius: float, frame_store=None,
+               device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Post-train ``policy`` in place with ``algo`` ("ppo" | "grpo") inside ``model`` (a
+    :class:`PixelWorldModel`, fine-tuned in place between rounds on ``base_rows`` plus the real
+    checks' rows, which are also appended to ``frame_store`` when given). Returns ``history``
+    (one dict per iteration: imagined success / flagged / diverged rates, losses, and at real
+    checks the real success, the paired imagined success and the imagined-success-but-real-failure
+    count), ``refinements`` (world-model fine-tuning metrics), ``video`` (imagined frames) and
+    ``seconds``."""
+    from world_models.pixel.training import PixelTrainConfig, train_dynamics
+
+    if algo not in ("ppo", "grpo"):
+        raise ValueError(f"algo must be 'ppo' or 'grpo', got {algo!r}")
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    trainer = VLAPPO(policy, ppo, cfg.seed) if algo == "ppo" else VLAGRPO(policy, grpo, cfg.seed)
+    group = 1 if algo == "ppo" else grpo.group
+    if cfg.envs % group:
+        raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of grpo.group {group}")
+    v = len(variants)
+    horizon = cfg.decisions * policy.cfg.chunk
+    history, refinements, new_rows, video = [], [], [], None
+    imagination = pool.imagination(model, device)
+    imagination.seed(cfg.seed)
+    it_total = 0
+    for rnd in range(cfg.rounds):
+        for it in range(cfg.iterations):
+            starts = torch.randint(0, len(pool.pixels), (cfg.envs // group,), generator=gen).repeat_interleave(group)
+            vi = torch.randint(0, v, (cfg.envs // group,), generator=gen).repeat_interleave(group)
+            lang = lang_table[vi].to(device)
+            last = it == cfg.iterations - 1 and rnd == cfg.rounds - 1
+            roll = rollout_imagined(policy, imagination, success, starts.to(device), lang, cfg.decisions,
+                                    keep_frames=cfg.video_envs if last else 0)
+            if last:
+                video = roll["video"].cpu().numpy()
+            stats = trainer.update(roll, lang)
+            outcome = grpo_outcomes(roll)
+            rec = {"iteration": it_total, "round": rnd, "imagined_success": float(outcome.mean()),
+                   "flagged_rate": float(roll["flagged"][1:].any(0).float().mean()),
+                   "diverged_rate": float(roll["diverged"][-1].float().mean()), **stats}
+            it_total += 1
+            if it_total % cfg.real_check_every == 0:
+                check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, horizon, device)
+                new_rows.append(check.pop("rows"))
+                rec.update(check)
+            history.append(rec)
+            if progress:
+                print(f"[{algo}] round {rnd} it {it}: " + ", ".join(f"{k} {x:.3g}" for k, x in rec.items()
+                                                                    if isinstance(x, float)), flush=True)
+        if rnd < cfg.rounds - 1 and cfg.dynamics_steps > 0 and new_rows:
+            loop_rows = concat_rows(new_rows)
+            if frame_store is not None:
+                frame_store.append({k: loop_rows[k] for k in frame_store.fields})
+            pool.add(loop_rows)
+            train = concat_rows([base_rows, loop_rows])
+            tcfg = PixelTrainConfig(dynamics_steps=cfg.dynamics_steps, dynamics_batch=cfg.dynamics_batch,
+                                    dynamics_lr=cfg.dynamics_lr, seed=cfg.seed + rnd)
+            metrics = train_dynamics(model, train, tcfg, progress=progress)
+            model.eval()
+            refinements.append({"round": rnd, "rows": int(len(loop_rows["step"])), **metrics})
+            new_rows = []
+            imagination = pool.imagination(model, device)
+            imagination.seed(cfg.seed + rnd + 1)
+    return {"history": history, "refinements": refinements, "video": video, "seconds": time.time() - t0}
+
+
+def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor,
+               variants: dict[str, PushTVariant], cfg: PostTrainConfig, max_steps: int, radius: float, horizon: int,
+               device: str | torch.device) -> dict:
+    """Real success of the current policy (deterministic, fixed seeds) and, from the same first
+    frames and instructions, the imagined outcome over ``horizon`` steps; ``imagined_false_success``
+    counts episodes imagined as successes whose real episode did not succeed within ``horizon``."""
+    real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius)
+    first = StartPool(_first_frames(real["rows"]))
+    imag = first.imagination(model, device)
+    imag.seed(cfg.seed)
+    n = cfg.real_check_episodes
+    lang = lang_table[torch.as_tensor(real["variant"])].to(device)
+    roll = rollout_imagined(policy, imag, success, torch.arange(n, device=device), lang, cfg.decisions, deterministic=True)
+    imagined = grpo_outcomes(roll).bool().cpu().numpy()
+    real_h = real["success"] & (real["steps"] <= horizon)
+    return {"real_success": real["success_rate"], "real_success_within_horizon": float(real_h.mean()),
+            "paired_imagined_success": float(imagined.mean()), "imagined_successes": int(imagined.sum()),
+            "imagined_false_success": int((imagined & ~real_h).sum()), "rows": real["rows"]}
+
+
+def concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate frame rows, renumbering episodes so they stay distinct."""
+    out: dict[str, list] = {}
+    offset = 0
+    for p in parts:
+        for k, x in p.items():
+            out.setdefault(k, []).append(x + offset if k == "episode" else x)
+        offset += int(p["episode"].max()) + 1 if len(p["episode"]) else 0
+    return {k: np.concatenate(x) for k, x in out.items()}

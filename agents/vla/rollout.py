@@ -1,0 +1,148 @@
+"""Batched rollouts of instruction-following policies: in the real Push-T env and in imagination.
+
+Real: N ``gym_pusht`` envs stepped in lockstep (env i seeded ``seeds[i]``, instructed with
+``variants[i]``); the policy is called once per chunk for all running envs. An episode ends
+when the T's centroid enters the variant's region (success) or after ``max_steps`` actions.
+Rows come back in the frame-store layout (see :mod:`world_models.pixel.frames`, with
+``block_pose``), so they feed the world model and the success heads.
+
+Imagination: a :class:`~wam_env.pixels.PixelImagination` started from given real frames;
+each policy call's chunk is imagined step by step, the success heads judge the frame after
+every chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from agents.vla.policy import VLAPolicy
+from agents.vla.success import SuccessEnsemble
+from tasks.pusht import PushTVariant, make_pusht_env, region_distance
+
+ROW_FIELDS = ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step", "block_pose")
+
+# act(pixels (n, H, W, 3) uint8, state (n, 2), env indices (n,), infos) -> chunk (n, k, 2) float32
+ActFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list], np.ndarray]
+
+
+def policy_act(policy: VLAPolicy, lang: torch.Tensor, deterministic: bool = True) -> ActFn:
+    """An :data:`ActFn` of a VLA policy; ``lang`` (N, L) holds env i's instruction embedding."""
+    dev = policy.log_std.device
+
+    @torch.no_grad()
+    def act(pixels: np.ndarray, state: np.ndarray, idx: np.ndarray, infos: list) -> np.ndarray:
+        img = policy.images(torch.as_tensor(pixels, device=dev))
+        out = policy.sample(img, torch.as_tensor(state, device=dev).float(), lang[torch.as_tensor(idx, device=dev)],
+                            deterministic=deterministic)
+        return out["actions"].cpu().numpy()
+
+    return act
+
+
+def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max_steps: int, radius: float,
+                 size: int = 64, frames_of: int = 0, stop_on_success: bool = True, progress: bool = False) -> dict:
+    """Run ``len(seeds)`` real episodes in lockstep (each ends at its first success unless
+    ``stop_on_success`` is False, then after ``max_steps``). Returns ``success`` (N,) bool (the
+    region was reached), ``steps`` (N,) actions taken until the first success (or all of them),
+    ``final_distance`` (N,) world units, ``rows`` (frame-store rows, episode i = env i) and
+    ``frames`` (frames_of, T, H, W, 3) uint8 of the first ``frames_of`` envs (padded with their last frame)."""
+    from tqdm import tqdm
+
+    n = len(seeds)
+    if len(variants) != n:
+        raise ValueError(f"{len(variants)} variants for {n} seeds")
+    envs = [make_pusht_env(size) for _ in range(n)]
+    targets = np.array([v.target for v in variants], dtype=np.float64)
+    obs, infos = map(list, zip(*(e.reset(seed=int(s)) for e, s in zip(envs, seeds))))
+    cov = [float(e.unwrapped._get_coverage()) for e in envs]
+    rows: list[dict[str, list]] = [{k: [] for k in ROW_FIELDS} for _ in range(n)]
+    done = np.zeros(n, bool)
+    success = np.zeros(n, bool)
+    steps = np.zeros(n, int)
+    t = np.zeros(n, int)
+    queue: list[list[np.ndarray]] = [[] for _ in range(n)]
+    frames: list[list[np.ndarray]] = [[o["pixels"]] for o in obs[:frames_of]]
+
+    def record(i: int, action: np.ndarray, last: bool) -> None:
+        r = rows[i]
+        for k, v in (("pixels", obs[i]["pixels"]), ("agent_pos", obs[i]["agent_pos"]), ("action", action),
+                     ("coverage", cov[i]),
+                     ("success", bool(region_distance(infos[i]["block_pose"], targets[i]) < radius)), ("last", last), ("episode", i), ("step", t[i]),
+                     ("block_pose", infos[i]["block_pose"])):
+            r[k].append(v)
+
+    bar = tqdm(total=max_steps, desc="real rollouts", disable=not progress)
+    while not done.all():
+        need = np.array([i for i in range(n) if not done[i] and not queue[i]], dtype=int)
+        if len(need):
+            chunk = act(np.stack([obs[i]["pixels"] for i in need]), np.stack([obs[i]["agent_pos"] for i in need]), need,
+                        [infos[i] for i in need])
+            for j, i in enumerate(need):
+                queue[i] = list(chunk[j])
+        for i in np.flatnonzero(~done):
+            a = np.clip(np.asarray(queue[i].pop(0), np.float32), 0.0, 512.0)
+            record(i, a, False)
+            obs[i], _, _, _, infos[i] = envs[i].step(a)
+            cov[i] = float(infos[i]["coverage"])
+            t[i] += 1
+            if not success[i]:
+                steps[i] = t[i]
+            success[i] |= bool(region_distance(infos[i]["block_pose"], targets[i]) < radius)
+            if i < frames_of:
+                frames[i].append(obs[i]["pixels"])
+            if (success[i] and stop_on_success) or t[i] >= max_steps:
+                done[i] = True
+                record(i, np.zeros(2, np.float32), True)
+        bar.update(1)
+    bar.close()
+    for e in envs:
+        e.close()
+    flat = {k: np.concatenate([np.asarray(r[k]) for r in rows]) for k in ROW_FIELDS}
+    flat["pixels"] = flat["pixels"].astype(np.uint8)
+    for k in ("agent_pos", "action", "coverage", "block_pose"):
+        flat[k] = flat[k].astype(np.float32)
+    final = np.array([region_distance(infos[i]["block_pose"], targets[i]) for i in range(n)])
+    t_max = max((len(f) for f in frames), default=0)
+    vid = np.stack([np.stack(f + [f[-1]] * (t_max - len(f))) for f in frames]) if frames else np.zeros((0,), np.uint8)
+    return {"success": success, "steps": steps, "final_distance": final, "rows": flat, "frames": vid}
+
+
+@torch.no_grad()
+def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, start: torch.Tensor, lang: torch.Tensor,
+                     decisions: int, deterministic: bool = False, keep_frames: int = 0) -> dict[str, torch.Tensor]:
+    """Imagine ``decisions`` policy calls (each a chunk of ``policy.cfg.chunk`` steps) from real
+    start frames ``start`` (B,) (indices into ``imagination.start_pixels``) under instructions
+    ``lang`` (B, L).
+
+    Returns (time first, D = decisions): ``pixels`` (D + 1, B, H, W, 3) uint8 and ``state``
+    (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
+    ``log_prob`` (D, B), ``prob`` / ``std`` / ``distance`` / ``flagged`` (D + 1, B) the success
+    heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down during the chunk),
+    ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs.
+    """
+    b = len(start)
+    carry = imagination.start(b, index=start)
+    pix, st, us, lps, divs = [carry["pixels"]], [carry["obs"].float()], [], [], []
+    video = [carry["pixels"][:keep_frames]]
+    broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
+    for _ in range(decisions):
+        img = policy.images(carry["pixels"])
+        out = policy.sample(img, carry["obs"].float(), lang, deterministic=deterministic)
+        for k in range(policy.cfg.chunk):
+            carry, step = imagination.step(carry, out["actions"][:, k].contiguous())
+            broken = broken | step["diverged"]
+            video.append(carry["pixels"][:keep_frames])
+        pix.append(carry["pixels"])
+        st.append(carry["obs"].float())
+        us.append(out["u"])
+        lps.append(out["log_prob"])
+        divs.append(broken.clone())
+    pixels = torch.stack(pix)
+    judged = success.judge(pixels.flatten(0, 1), lang.repeat(decisions + 1, 1))
+    shape = (decisions + 1, b)
+    return {"pixels": pixels, "state": torch.stack(st), "u": torch.stack(us), "log_prob": torch.stack(lps),
+            "prob": judged["prob"].view(shape), "std": judged["std"].view(shape), "distance": judged["distance"].view(shape),
+            "flagged": judged["flagged"].view(shape),             "diverged": torch.stack(divs), "video": torch.stack(video, dim=1)}

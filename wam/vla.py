@@ -1,0 +1,171 @@
+"""``wam vla-posttrain``: the World-VLA-Loop on Push-T (composition of agents.vla, world models, tasks).
+
+Config: ``configs/vla.yaml`` plus ``key=value`` overrides (dotted, every key must exist);
+short keys ``policy=``, ``model=``, ``task=``, ``algos=``, ``run_dir=`` are top-level keys.
+Writes into ``run_dir``: ``warm_start/`` and ``<algo>/`` policies, ``frames/`` (the loop's real
+rows, with block pose), ``results.json``, ``report.md``, PNG plots and GIFs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wam.config import CONFIG_DIR, ConfigError, dataclass_from, merge, parse_overrides, read_yaml
+
+VLA_CONFIG = CONFIG_DIR / "vla.yaml"
+
+
+def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str, Any]:
+    """``configs/vla.yaml`` (or ``base``) with ``key=value`` overrides; unknown keys are a ConfigError."""
+    cfg = read_yaml(Path(base) if base else VLA_CONFIG)
+    if base:
+        cfg = merge(read_yaml(VLA_CONFIG), cfg)
+    for key, value in parse_overrides(args):
+        update: dict[str, Any] = {}
+        node = update
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        cfg = merge(cfg, update)
+    if cfg["task"] != "pusht":
+        raise ConfigError(f"vla-posttrain supports task=pusht (language variants), got {cfg['task']!r}")
+    bad = [a for a in (cfg["algos"] if isinstance(cfg["algos"], list) else [cfg["algos"]]) if a not in ("ppo", "grpo")]
+    if bad:
+        raise ConfigError(f"unknown algos {bad}; valid: ['ppo', 'grpo']")
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device")
+    return cfg
+
+
+def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Demos -> warm start -> success heads -> real eval -> post-training (per algo) -> real eval -> report."""
+    from agents.vla.bc import BCConfig, train_bc
+    from agents.vla.grpo import VLAGRPOConfig
+    from agents.vla.language import InstructionEmbedder
+    from agents.vla.loop import (DemoConfig, PostTrainConfig, StartPool, collect_demos, concat_rows, evaluate_real,
+                                 post_train)
+    from agents.vla.policy import VLAConfig, VLAPolicy, load_vla, save_vla
+    from agents.vla.ppo import VLAPPOConfig
+    from agents.vla.report import write_report
+    from agents.vla.success import SuccessConfig, SuccessEnsemble, calibrate, train_success, variant_distances
+    from tasks.pusht import PUSHT_VARIANTS, frame_dataset_meta
+    from world_models.checkpoint import load_checkpoint
+    from world_models.pixel.frames import FrameStore
+    from world_models.pixel.model import PixelWorldModel
+
+    t_all = time.time()
+    dev = torch.device(cfg["device"])
+    torch.manual_seed(int(cfg["seed"]))
+    run = Path(cfg["run_dir"])
+    run.mkdir(parents=True, exist_ok=True)
+    env, variants = cfg["env"], PUSHT_VARIANTS
+    radius, max_steps, size = float(env["radius"]), int(env["max_steps"]), int(env["size"])
+    algos = cfg["algos"] if isinstance(cfg["algos"], list) else [cfg["algos"]]
+    demo_cfg = dataclass_from(DemoConfig, cfg["demos"], "demos")
+    pt_cfg = dataclass_from(PostTrainConfig, {**cfg["post_train"], "seed": int(cfg["seed"])}, "post_train")
+    ppo_cfg = dataclass_from(VLAPPOConfig, cfg["ppo"], "ppo")
+    grpo_cfg = dataclass_from(VLAGRPOConfig, cfg["grpo"], "grpo")
+    succ = dict(cfg["success"])
+    holdout = float(succ.pop("holdout_fraction"))
+    succ_cfg = dataclass_from(SuccessConfig, {**succ, "seed": int(cfg["seed"])}, "success")
+    bc_cfg = dataclass_from(BCConfig, {**cfg["bc"], "seed": int(cfg["seed"])}, "bc")
+    timing: dict[str, float] = {}
+
+    model, _, _ = load_checkpoint(cfg["model"], device=dev)
+    if not isinstance(model, PixelWorldModel):
+        raise ConfigError(f"model={cfg['model']} is a {type(model).__name__}, not a pixel world model")
+    model.eval()
+    embedder = InstructionEmbedder(dev)
+    names = list(variants)
+    lang_table = embedder([variants[n].instruction for n in names])
+
+    t = time.time()
+    demos = collect_demos(variants, demo_cfg, radius, size, progress=progress)
+    timing["demos_s"] = time.time() - t
+    demo_lang = lang_table[torch.as_tensor(demos["variant"])]
+    if cfg["policy"]:
+        policy = load_vla(cfg["policy"], dev, embedder)
+        bc_metrics: dict[str, float] = {"loaded": 1.0}
+    else:
+        policy = VLAPolicy(dataclass_from(VLAConfig, {**cfg["policy_cfg"], "image_size": size}, "policy_cfg"), embedder).to(dev)
+        t = time.time()
+        bc_metrics = train_bc(policy, demos["rows"], demo_lang, bc_cfg, progress=progress)
+        timing["bc_s"] = time.time() - t
+    save_vla(policy, run / "warm_start")
+
+    t = time.time()
+    before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
+                           radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+    timing["eval_before_s"] = time.time() - t
+
+    # success heads: real frames of the demos and of the warm start's episodes, split by episode
+    t = time.time()
+    real = concat_rows([demos["rows"], before["rows"]])
+    targets = np.array([variants[n].target for n in names])
+    dist = variant_distances(real["block_pose"], targets)
+    rng = np.random.default_rng(int(cfg["seed"]))
+    episodes = np.unique(real["episode"])
+    held = rng.permutation(episodes)[: int(round(holdout * len(episodes)))]
+    test_rows = np.isin(real["episode"], held)
+    ens = SuccessEnsemble(size, lang_table.shape[1], succ_cfg).to(dev)
+    px = torch.as_tensor(real["pixels"])
+    succ_train = train_success(ens, px[~test_rows], dist[~test_rows], lang_table, radius, progress=progress)
+    calib = calibrate(ens, px[test_rows], dist[test_rows], lang_table, radius)
+    timing["success_heads_s"] = time.time() - t
+
+    store = FrameStore(run / "frames", {**frame_dataset_meta(size), "optional_fields": ["block_pose"]}) \
+        if not (run / "frames" / "meta.json").exists() else FrameStore(run / "frames")
+    results: dict[str, Any] = {"config": cfg, "bc": bc_metrics, "success_train": succ_train, "success_calibration": calib,
+                               "before": _summary(before), "algos": {}}
+    videos: dict[str, Any] = {"real_before": before["frames"]}
+    for algo in algos:
+        pol = copy.deepcopy(policy)
+        wm = copy.deepcopy(model)
+        pool = StartPool(real)
+        out = post_train(pol, algo, wm, ens, lang_table, variants, pool, real, pt_cfg, ppo_cfg, grpo_cfg, max_steps, radius,
+                         frame_store=store, device=dev, progress=progress)
+        save_vla(pol, run / algo)
+        t = time.time()
+        after = evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
+                              radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+        checks = [h for h in out["history"] if "real_success" in h]
+        imagined = sum(h["imagined_successes"] for h in checks)
+        false = sum(h["imagined_false_success"] for h in checks)
+        results["algos"][algo] = {"after": _summary(after), "history": out["history"], "refinements": out["refinements"],
+                                  "post_train_s": out["seconds"], "eval_after_s": time.time() - t,
+                                  "imagined_successes_checked": imagined, "imagined_false_successes": false,
+                                  "imagined_false_success_rate": false / imagined if imagined else float("nan")}
+        videos[f"real_after_{algo}"] = after["frames"]
+        videos[f"imagined_{algo}"] = out["video"]
+    timing["total_s"] = time.time() - t_all
+    results["timing"] = timing
+    results["torch_threads"] = torch.get_num_threads()
+    (run / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    results["files"] = write_report(run, results, videos)
+    return results
+
+
+def _summary(ev: dict) -> dict[str, Any]:
+    return {"success_rate": ev["success_rate"], "per_variant": ev["per_variant"], "episodes": int(len(ev["success"])),
+            "mean_steps": float(ev["steps"].mean()), "mean_final_distance": float(ev["final_distance"].mean()),
+            "success": ev["success"].astype(int).tolist()}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
