@@ -105,6 +105,8 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
                            radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
     timing["eval_before_s"] = time.time() - t
+    if progress:
+        print(f"warm start: real success {before['success_rate']:.3f} {before['per_variant']} ({bc_metrics})", flush=True)
 
     # success heads: real frames of the demos and of the warm start's episodes, split by episode
     t = time.time()
@@ -120,6 +122,8 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     succ_train = train_success(ens, px[~test_rows], dist[~test_rows], lang_table, radius, progress=progress)
     calib = calibrate(ens, px[test_rows], dist[test_rows], lang_table, radius)
     timing["success_heads_s"] = time.time() - t
+    if progress:
+        print(f"success heads, held-out real pairs: {calib}", flush=True)
 
     store = FrameStore(run / "frames", {**frame_dataset_meta(size), "optional_fields": ["block_pose"]}) \
         if not (run / "frames" / "meta.json").exists() else FrameStore(run / "frames")
@@ -129,7 +133,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     for algo in algos:
         pol = copy.deepcopy(policy)
         wm = copy.deepcopy(model)
-        pool = StartPool(real)
+        pool = StartPool(real, targets)
         out = post_train(pol, algo, wm, ens, lang_table, variants, pool, real, pt_cfg, ppo_cfg, grpo_cfg, max_steps, radius,
                          frame_store=store, device=dev, progress=progress)
         save_vla(pol, run / algo)
@@ -143,6 +147,9 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
                                   "post_train_s": out["seconds"], "eval_after_s": time.time() - t,
                                   "imagined_successes_checked": imagined, "imagined_false_successes": false,
                                   "imagined_false_success_rate": false / imagined if imagined else float("nan")}
+        if progress:
+            print(f"{algo}: real success {before['success_rate']:.3f} -> {after['success_rate']:.3f} {after['per_variant']}",
+                  flush=True)
         videos[f"real_after_{algo}"] = after["frames"]
         videos[f"imagined_{algo}"] = out["video"]
     timing["total_s"] = time.time() - t_all

@@ -56,6 +56,8 @@ class PostTrainConfig:
     dynamics_steps: int = 150       # world-model fine-tuning steps per refinement (0: no refinement)
     dynamics_batch: int = 16
     dynamics_lr: float = 2e-4
+    near_fraction: float = 0.5      # share of imagined starts with the T within near_distance of the instructed target
+    near_distance: float = 120.0    # world units
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
     seed: int = 0
 
@@ -101,15 +103,42 @@ def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[st
 
 
 class StartPool:
-    """Real frames imagined episodes start from (``pixels`` (S, H, W, 3) uint8, ``agent_pos`` (S, 2))."""
+    """Real frames imagined episodes start from: ``pixels`` (S, H, W, 3) uint8, ``agent_pos`` (S, 2)
+    and, when the rows carry ``block_pose``, ``distance`` (S, V) of the T to every variant's target."""
 
-    def __init__(self, rows: dict[str, np.ndarray]):
+    def __init__(self, rows: dict[str, np.ndarray], targets: np.ndarray | None = None):
+        self.targets = targets
         self.pixels = torch.as_tensor(rows["pixels"])
         self.agent_pos = torch.as_tensor(rows["agent_pos"]).float()
+        self.distance = self._distance(rows)
+
+    def _distance(self, rows: dict[str, np.ndarray]) -> torch.Tensor | None:
+        if self.targets is None or "block_pose" not in rows:
+            return None
+        from agents.vla.success import variant_distances
+
+        return variant_distances(rows["block_pose"], self.targets)
 
     def add(self, rows: dict[str, np.ndarray]) -> None:
         self.pixels = torch.cat([self.pixels, torch.as_tensor(rows["pixels"])])
         self.agent_pos = torch.cat([self.agent_pos, torch.as_tensor(rows["agent_pos"]).float()])
+        if self.distance is not None:
+            self.distance = torch.cat([self.distance, self._distance(rows)])
+
+    def sample(self, n: int, variants: int, gen: torch.Generator, near_fraction: float = 0.0, near: tuple[float, float] = (0.0, 0.0),
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` (start index, variant index) pairs: a share ``near_fraction`` of them with the T
+        between ``near[0]`` and ``near[1]`` world units of the instructed target (a curriculum of
+        reachable goals), the rest uniform."""
+        start = torch.randint(0, len(self.pixels), (n,), generator=gen)
+        vi = torch.randint(0, variants, (n,), generator=gen)
+        k = int(round(n * near_fraction))
+        if k and self.distance is not None:
+            ok = ((self.distance > near[0]) & (self.distance < near[1])).nonzero()
+            if len(ok):
+                pick = ok[torch.randint(0, len(ok), (k,), generator=gen)]
+                start[:k], vi[:k] = pick[:, 0], pick[:, 1]
+        return start, vi
 
     def imagination(self, model, device: str | torch.device, sample: bool = True):
         from wam_env.pixels import PixelImagination
@@ -151,8 +180,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     it_total = 0
     for rnd in range(cfg.rounds):
         for it in range(cfg.iterations):
-            starts = torch.randint(0, len(pool.pixels), (cfg.envs // group,), generator=gen).repeat_interleave(group)
-            vi = torch.randint(0, v, (cfg.envs // group,), generator=gen).repeat_interleave(group)
+            starts, vi = pool.sample(cfg.envs // group, v, gen, cfg.near_fraction, (radius, cfg.near_distance))
+            starts, vi = starts.repeat_interleave(group), vi.repeat_interleave(group)
             lang = lang_table[vi].to(device)
             last = it == cfg.iterations - 1 and rnd == cfg.rounds - 1
             roll = rollout_imagined(policy, imagination, success, starts.to(device), lang, cfg.decisions,
