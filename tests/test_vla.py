@@ -226,6 +226,20 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
         load_vla(folder)
 
 
+def test_batch_dict_adapter_matches_tensor_path():
+    """A policy driven through LeRobot's batch-dict API acts as through the tensor path."""
+    from agents.vla.rollout import batch_dict_act, policy_act
+
+    policy = tiny_policy()
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.randint(0, 256, (3, SIZE, SIZE, 3), generator=g, dtype=torch.uint8).numpy()
+    state = (torch.rand(3, 2, generator=g) * 512).numpy()
+    idx = np.array([0, 2, 4])
+    a = batch_dict_act(policy, INSTRUCTIONS)(pixels, state, idx, [])
+    b = policy_act(policy, policy.embed(INSTRUCTIONS), deterministic=True)(pixels, state, idx, [])
+    assert a.shape == (3, 2, 2) and np.allclose(a, b, atol=1e-4)
+
+
 def test_chunk_targets_stay_inside_episodes():
     rows = {"last": np.array([0, 0, 0, 1, 0, 0, 1], bool), "action": np.arange(7, dtype=np.float32)[:, None].repeat(2, 1)}
     idx, chunks = chunk_targets(rows, 3)

@@ -86,8 +86,8 @@ class VLAGRPO:
                     loss.backward()
                     nn.utils.clip_grad_norm_(p.parameters(), cfg.max_grad_norm)
                     self.opt.step()
-                    stats["policy_loss"] += float(pg)
-                    stats["kl_ref"] += float(kl)
+                    stats["policy_loss"] += pg.item()
+                    stats["kl_ref"] += kl.item()
                     stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip).float().mean())
                     count += 1
             p.eval()

@@ -117,8 +117,8 @@ class VLAPPO:
                 with torch.no_grad():
                     kl = float(((ratio - 1) - log_ratio).mean())
                 kl_epoch.append(kl)
-                stats["policy_loss"] += float(pg)
-                stats["value_loss"] += float(vloss)
+                stats["policy_loss"] += pg.item()
+                stats["value_loss"] += vloss.item()
                 stats["approx_kl"] += kl
                 stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip).float().mean())
                 count += 1

@@ -42,6 +42,20 @@ def policy_act(policy: VLAPolicy, lang: torch.Tensor, deterministic: bool = True
     return act
 
 
+def batch_dict_act(policy, instructions: list[str]) -> ActFn:
+    """An :data:`ActFn` of any policy with LeRobot's ``predict_action_chunk(batch)`` -> (B, chunk, A)
+    (a LeRobot policy, a :class:`VLAPolicy`): the batch dict carries ``observation.image`` (B, 3, H, W)
+    float in [0, 1], ``observation.state`` (B, 2) and ``task`` (env i's instruction ``instructions[i]``)."""
+
+    @torch.no_grad()
+    def act(pixels: np.ndarray, state: np.ndarray, idx: np.ndarray, infos: list) -> np.ndarray:
+        batch = {"observation.image": torch.as_tensor(pixels).permute(0, 3, 1, 2).float() / 255.0,
+                 "observation.state": torch.as_tensor(state).float(), "task": [instructions[i] for i in idx]}
+        return np.asarray(policy.predict_action_chunk(batch).cpu(), np.float32)
+
+    return act
+
+
 def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max_steps: int, radius: float,
                  size: int = 64, frames_of: int = 0, stop_on_success: bool = True, progress: bool = False) -> dict:
     """Run ``len(seeds)`` real episodes in lockstep (each ends at its first success unless
