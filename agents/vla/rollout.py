@@ -82,9 +82,9 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
 
     def record(i: int, action: np.ndarray, last: bool) -> None:
         r = rows[i]
+        inside = bool(region_distance(infos[i]["block_pose"], targets[i]) < radius)  # this frame's T in the region
         for k, v in (("pixels", obs[i]["pixels"]), ("agent_pos", obs[i]["agent_pos"]), ("action", action),
-                     ("coverage", cov[i]),
-                     ("success", bool(region_distance(infos[i]["block_pose"], targets[i]) < radius)), ("last", last), ("episode", i), ("step", t[i]),
+                     ("coverage", cov[i]), ("success", inside), ("last", last), ("episode", i), ("step", t[i]),
                      ("block_pose", infos[i]["block_pose"])):
             r[k].append(v)
 
