@@ -63,12 +63,7 @@ PUSHT_VARIANTS: dict[str, PushTVariant] = {v.name: v for v in (
 
 def region_distance(block_pose: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Distance (world units) of the T's centroid at poses (..., 3) to targets (..., 2)."""
-    pose = np.asarray(block_pose, dtype=np.float64)
-    c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
-    cx = pose[..., 0] - s * T_CENTROID[1]
-    cy = pose[..., 1] + c * T_CENTROID[1]
-    t = np.asarray(target, dtype=np.float64)
-    return np.hypot(cx - t[..., 0], cy - t[..., 1])
+    return np.linalg.norm(block_centroid(block_pose) - np.asarray(target, dtype=np.float64), axis=-1)
 
 
 def make_pusht_env(size: int = 64, **kwargs):
@@ -84,9 +79,11 @@ def make_pusht_env(size: int = 64, **kwargs):
 
 
 def block_centroid(pose: np.ndarray) -> np.ndarray:
-    """World centroid (2,) of the T at body pose (x, y, angle)."""
-    c, s = np.cos(pose[2]), np.sin(pose[2])
-    return np.asarray(pose[:2]) + np.array([[c, -s], [s, c]]) @ T_CENTROID
+    """World centroid (..., 2) of the T at body poses (..., 3) (x, y, angle)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
+    tx, ty = T_CENTROID
+    return np.stack([pose[..., 0] + c * tx - s * ty, pose[..., 1] + s * tx + c * ty], axis=-1)
 
 
 GOAL_CENTROID = block_centroid(np.array(GOAL_POSE))
