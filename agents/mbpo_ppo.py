@@ -11,7 +11,10 @@ One outer iteration:
 3. **policy update**: ``ppo_iterations`` rsl-rl PPO iterations inside imagination
    (:class:`~wam_env.legged.ImaginedLeggedVecEnv`, ``num_envs`` imagined robots,
    ``ppo.num_steps_per_env`` imagined steps each), one ``OnPolicyRunner`` kept across
-   iterations;
+   iterations. Imagined episodes last ``imagination_horizon`` steps (RWM: 100) and then
+   restart from real states as time-outs (PPO bootstraps them with its value): the model's
+   open-loop error grows past a few dozen steps, so a 20 s (1,000-step) imagined episode
+   would teach PPO the model's drift rather than the robot;
 4. **exploitation guard**: the deterministic policy is run for ``guard_steps`` steps on
    ``guard_envs`` MuJoCo robots and in imagination from real start states; the mean reward
    per step of both is logged (``MBPO/real_reward``, ``MBPO/imagined_reward``). The policy
@@ -69,6 +72,7 @@ class MbpoPPOConfig:
     model_learning_rate: float = 5e-4
     ppo_iterations: int = 20  # rsl-rl iterations in imagination per outer iteration
     num_envs: int = 4096  # imagined robots (RWM: 4096)
+    imagination_horizon: int = 100  # imagined steps before an episode restarts from real states (RWM: 100)
     sample: bool = True  # sample the model's predictive distribution in imagination
     offline: bool = False  # MOPO-PPO: no collection after the initial dataset
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
@@ -152,7 +156,8 @@ def train(
 
         writer = SummaryWriter(log_dir)
     ppo_cfg = _rsl_rl_cfg(cfg)
-    env = ImaginedLeggedVecEnv(cfg.num_envs, model=model, task=task, start_data=data, device=cfg.device, sample=cfg.sample)
+    env = ImaginedLeggedVecEnv(cfg.num_envs, model=model, task=task, start_data=data, device=cfg.device, sample=cfg.sample,
+                               max_episode_steps=cfg.imagination_horizon)
     adapter = RslRlVecEnvAdapter(env, seed=cfg.seed)
     quiet = (lambda: contextlib.nullcontext()) if progress else (lambda: contextlib.redirect_stdout(io.StringIO()))
     with quiet():

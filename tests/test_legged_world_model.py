@@ -98,6 +98,31 @@ def test_imagined_legged_env_speaks_the_real_interface(anymal_model):
     check_env(gym.make("wam/AnymalC-Flat-Imagined-v0", model=str(path)).unwrapped, skip_render_check=True)
 
 
+
+def test_episodes_never_start_from_real_states_about_to_fall(anymal_model, anymal_data):
+    """Noisy data holds robots already falling; the real task starts standing, so imagined
+    episodes start only from states at least ``start_margin_s`` before a real termination."""
+    _, path, _ = anymal_model
+    data = {k: v.copy() for k, v in anymal_data.items()}
+    terminated = np.zeros(len(data["reward"]), dtype=bool)
+    terminated[np.flatnonzero(np.r_[data["episode"][1:] != data["episode"][:-1], True])[:40]] = True  # 40 episodes end in a fall
+    data["terminated"] = terminated
+    env = ImaginedLeggedVecEnv(256, model=str(path), task=TASK, start_data=data, start_margin_s=0.5)
+    assert env.start_margin_steps == 25
+    starts = env._start_index.numpy()
+    episode = data["episode"]
+    for t in np.flatnonzero(terminated):  # no start in the 25 steps up to a fall of the same episode
+        close = starts[(starts <= t) & (starts > t - 25)]
+        assert (episode[close] != episode[t]).all()
+    assert len(terminated) - 25 * 40 <= len(starts) < len(terminated)  # the rest of the data stays a start
+    env.reset(seed=0)
+    assert not terminated[env._start_index.numpy()].any()
+    with pytest.raises(ValueError, match="start_margin_s"):
+        ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=data, start_margin_s=-1.0)
+    only_falls = {**data, "terminated": np.ones_like(terminated)}
+    with pytest.raises(ValueError, match="only hold falls"):
+        ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=only_falls, start_margin_s=0.5)
+
 def test_a_model_of_another_task_is_refused(pendulum_transitions, tmp_path):
     from tasks.collect import dataset_meta
     from tasks import get_task

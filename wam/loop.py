@@ -37,6 +37,12 @@ AGENTS = {
 START_DATA_LIMIT = 200_000  # transitions of real start states saved inside a model checkpoint
 
 
+def start_tensors(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The last ``START_DATA_LIMIT`` real transitions a checkpoint carries for imagined envs to
+    start from (``start/obs``, ``start/action``, ``start/episode``, ``start/terminated``)."""
+    return {f"start/{k}": torch.as_tensor(np.asarray(data[k])[-START_DATA_LIMIT:]) for k in ("obs", "action", "episode", "terminated")}
+
+
 def run_path(cfg: dict[str, Any], key: str, default: str) -> Path:
     """``cfg[...][key]`` or ``<run_dir>/<default>``."""
     return Path(cfg["paths"][key] or Path(cfg["run_dir"]) / default)
@@ -115,7 +121,7 @@ def run_train_model(cfg: dict[str, Any], log_name: str = "world_model") -> tuple
         log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
     )
     metrics["train_seconds"] = time.perf_counter() - t0
-    start = {f"start/{k}": torch.as_tensor(data[k][-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+    start = start_tensors(data)
     save_checkpoint(
         model, run_path(cfg, "model", "world_model"),
         extra={"task": task.name, "env_id": task.env_id, "dataset": str(store.path), "metrics": metrics},
@@ -226,7 +232,7 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
                                      log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
     history["train_seconds"] = time.perf_counter() - t0
     data = store.load()
-    start = {f"start/{k}": torch.as_tensor(data[k][-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+    start = start_tensors(data)
     save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
     policy.save(run_path(cfg, "policy", "policy"))
     out = Path(cfg["run_dir"]) / "mbpo_ppo.json"
@@ -280,7 +286,7 @@ def run_mbpo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, 
             raise
         raise ConfigError(f"agent=mbpo: {e}") from e
     if model is not None:
-        start = {f"start/{k}": torch.as_tensor(np.asarray(data[k])[-START_DATA_LIMIT:]) for k in ("obs", "action", "episode")}
+        start = start_tensors(data)
         save_checkpoint(model, run_path(cfg, "model", "world_model"), extra={"task": task.name, "env_id": task.env_id, "mbpo": True},
                         tensors=start)
     policy.save(run_path(cfg, "policy", "policy"))

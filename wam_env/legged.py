@@ -24,7 +24,8 @@ Commands are resampled as ``CommandCfg`` says; heading commands use the yaw inte
 the predicted yaw-frame angular velocity (the absolute yaw is not part of the state, and the
 heading is sampled uniformly, so the start yaw is 0 without loss). Episodes start from real
 states: a window of real (state, action) history is drawn from the start data and the model
-is warmed up on it; the last real action is the env's previous action.
+is warmed up on it; the last real action is the env's previous action. Start states closer
+than ``start_margin_s`` to a real termination are not drawn (the real task starts standing).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         uncertainty_penalty: lambda of MOPO's reward penalty, reward -= lambda x epistemic
             uncertainty (per step, before the dt-weighted terms are summed; 0: off).
         max_episode_steps: episode length in steps (default: the task's 20 s).
+        start_margin_s: episodes start only from real states at least this many seconds
+            (of the same real episode) before a termination. The real task starts standing;
+            noisy or policy data holds robots already falling, and starting there would charge
+            the policy for falls it did not cause (0: any state).
 
     Observations (N, 3 + 3 + 3 + 3 + 3J) float32, rewards (N,), terminated / truncated (N,)
     bool, all on ``device``; SAME_STEP autoreset with ``info["final_obs"]``;
@@ -90,6 +95,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         termination_threshold: float = 0.5,
         uncertainty_penalty: float = 0.0,
         max_episode_steps: int | None = None,
+        start_margin_s: float = 1.0,
     ):
         if model is None:
             raise ValueError("ImaginedLeggedVecEnv needs model=<checkpoint folder or WorldModel>")
@@ -138,6 +144,9 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         self.termination_threshold = termination_threshold
         self.uncertainty_penalty = uncertainty_penalty
         self.sample = sample
+        if start_margin_s < 0:
+            raise ValueError(f"start_margin_s must be >= 0, got {start_margin_s}")
+        self.start_margin_steps = int(round(start_margin_s / self.step_dt))
 
         if start_data is None:
             if not saved:
@@ -256,6 +265,22 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         self.starts = WindowSampler(data, history=self.model.spec.history, forecast=1)
         if generator is not None:
             self.starts.generator = generator
+        self._start_index = self._healthy_starts(data["terminated"].bool())
+        if len(self._start_index) == 0:
+            raise ValueError(f"no start state lies {self.start_margin_steps} steps before a termination: "
+                             "the start data only hold falls (lower start_margin_s or collect standing data)")
+
+    def _healthy_starts(self, terminated: torch.Tensor) -> torch.Tensor:
+        """Indices (k,) of the transitions with no termination in the next ``start_margin_steps``
+        steps of their episode."""
+        idx = torch.arange(terminated.shape[0], device=self.device)
+        term_at = idx[terminated]
+        if self.start_margin_steps == 0 or len(term_at) == 0:
+            return idx
+        nxt = torch.searchsorted(term_at, idx).clamp_max(len(term_at) - 1)
+        next_term = term_at[nxt]
+        falling = (next_term >= idx) & (next_term < self.starts.ep_end) & (next_term - idx < self.start_margin_steps)
+        return idx[~falling]
 
     # ------------------------------------------------------------------------------ internals
 
@@ -327,8 +352,8 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         n = len(idx)
         if n == 0:
             return
-        start = torch.randint(0, len(self.starts), (n,), device=self.device, generator=self.starts.generator)
-        w = self.starts.window(start)  # (n, M + 1, .): real history, then the start state
+        pick = torch.randint(0, len(self._start_index), (n,), device=self.device, generator=self.starts.generator)
+        w = self.starts.window(self._start_index[pick])  # (n, M + 1, .): real history, then the start state
         prev_action = torch.zeros_like(w["action"])
         prev_action[:, 1:] = w["action"][:, :-1]
         new = self.model.observe_sequence(self.model.initial(n), w["obs"], prev_action, w["is_first"])
