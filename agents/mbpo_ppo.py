@@ -73,7 +73,7 @@ class MbpoPPOConfig:
     ppo_iterations: int = 20  # rsl-rl iterations in imagination per outer iteration
     num_envs: int = 4096  # imagined robots (RWM: 4096)
     imagination_horizon: int = 100  # imagined steps before an episode restarts from real states (RWM: 100)
-    sample: bool = True  # sample the model's predictive distribution in imagination
+    sample: bool = False  # sample the model's predictive distribution in imagination (False: its mean; DESIGN.md)
     offline: bool = False  # MOPO-PPO: no collection after the initial dataset
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
     guard_envs: int = 32  # MuJoCo robots in the per-iteration real check

@@ -18,7 +18,8 @@
   on perturbed data plus noisy data of every second checkpoint (the others held out). Then for
   every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
   deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
-  distribution, 64 robots, 5 s from reset), their Pearson correlation, the termination
+  distribution, 64 robots, 5 s from reset; imagination with the model's mean prediction
+  unless ``--sample``, and from real states at least 1 s before a real fall), their Pearson correlation, the termination
   rates of both, and the termination head's precision / recall on the real transitions;
   Pearson also over the held-out checkpoints alone.
 
@@ -191,19 +192,19 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
           f"termination precision {metrics.get('termination_precision', float('nan')):.3f} recall {metrics.get('termination_recall', float('nan')):.3f}")
     start = {k: torch.as_tensor(v) for k, v in data.items()}
     save_checkpoint(model, out, extra={"task": task, "metrics": metrics, "seen_checkpoints": [str(f) for f in seen]},
-                    tensors={"start/obs": start["obs"], "start/action": start["action"], "start/episode": start["episode"]})
+                    tensors={f"start/{k}": start[k] for k in ("obs", "action", "episode", "terminated")})
     return out, seen
 
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
-                train_steps: int = 3000, hidden: int = 128) -> dict[str, Any]:
+                train_steps: int = 3000, hidden: int = 128, sample: bool = False) -> dict[str, Any]:
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
     seen: list[Path] = []
     if model_path is None:
         model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, Path(f"runs/benchmarks/{task}_policy_eval_model"))
-    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task)
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample)
     model = imag.model
     rows = []
     all_logits, all_terms = [], []
@@ -230,7 +231,7 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     held = np.array([not r["model_saw_its_data"] for r in rows])
     out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm, "model": str(model_path),
            "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
-           "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])),
+           "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])), "sample": sample,
            "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps}
     if out["pearson_held_out"] is not None:
         print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
@@ -249,6 +250,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="prediction / policy-eval without --model: gradient steps per model")
     parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -258,7 +260,8 @@ def main() -> None:
     else:
         if not args.checkpoints:
             parser.error("policy-eval needs --checkpoints")
-        result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden)
+        result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
+                             sample=args.sample)
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
