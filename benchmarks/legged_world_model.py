@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/legged_world_model.py prediction --policy runs/anymal_ppo/policy
     .venv/bin/python benchmarks/legged_world_model.py throughput --model runs/anymal_rwm/world_model
     .venv/bin/python benchmarks/legged_world_model.py policy-eval --checkpoints runs/anymal_ppo/tb/policy --steps 3000
+    .venv/bin/python benchmarks/legged_world_model.py reward-audit --model runs/anymal_rwm3/world_model --start-data runs/anymal_rwm3/data \
+        --checkpoints runs/anymal_ppo/tb/policy/model_0.pt runs/anymal_ppo/tb/policy/model_199.pt
 
 - ``prediction``: trains, with equal gradient steps and batch, the dual-autoregressive GRU
   (N = 8), the same GRU teacher-forced (N = 1) and the MLP ensemble on a data mixture
@@ -22,6 +24,12 @@
   unless ``--sample``, and from real states at least 1 s before a real fall), their Pearson correlation, the termination
   rates of both, and the termination head's precision / recall on the real transitions;
   Pearson also over the held-out checkpoints alone.
+
+- ``reward-audit``: for each checkpoint given (``--checkpoints`` files or folders), the
+  deterministic policy's mean reward per step of every reward term, and terminations per
+  step, on MuJoCo and in imagination with ``--model`` (sampled and mean prediction; episodes
+  of 100 steps from real states at least 1 s before a real fall; 64 robots x 250 steps each):
+  which terms the model gets wrong.
 
 Results go to ``runs/benchmarks/<task>_<part>.json``; tables are printed as in BENCHMARKS.md.
 """
@@ -240,16 +248,60 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     return out
 
 
+def _metered(env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv) -> dict[str, float]:
+    """Wrap ``env``'s reward terms so that each adds its weighted mean value per step
+    (weight x dt, as the env sums it) to the returned dict."""
+    sums: dict[str, float] = {}
+    for k, (fn, weight, params) in list(env._rewards.items()):
+        sums[k] = 0.0
+
+        def metered(s, _fn=fn, _k=k, _w=weight, **kw):
+            value = _fn(s, **kw)
+            sums[_k] += float(value.float().mean()) * _w * env.step_dt
+            return value
+
+        env._rewards[k] = (metered, weight, params)
+    return sums
+
+
+def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_data: Path | None, envs: int, steps: int, seed: int) -> dict[str, Any]:
+    files = [f for c in checkpoints for f in (checkpoint_files([c]) if c.is_dir() else [c])]
+    rows: dict[str, Any] = {}
+    for f in files:
+        row = {}
+        for side in ("real", "imagined_sampled", "imagined_mean"):
+            if side == "real":
+                env = LeggedVelocityVecEnv(env_cfg(task), num_envs=envs, num_threads=1)
+            else:
+                env = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=side == "imagined_sampled",
+                                           start_data=None if start_data is None else str(start_data), max_episode_steps=100)
+            policy = load_rsl_rl_policy(f, env)
+            sums = _metered(env)
+            obs, _ = env.reset(seed=seed)
+            terminations = 0.0
+            for _ in range(steps):
+                obs, _, terminated, _, _ = env.step(policy.act(obs).clamp(-10, 10))
+                terminations += float(terminated.float().mean())
+            row[side] = {**{k: v / steps for k, v in sums.items()}, "total": sum(sums.values()) / steps, "terminations": terminations / steps}
+            env.close()
+        rows[str(f)] = row
+        print(f"{f}  (reward per step: MuJoCo | imagined sampled | imagined mean)")
+        for k in row["real"]:
+            print(f"  {k:24s} {row['real'][k]:+.5f} | {row['imagined_sampled'][k]:+.5f} | {row['imagined_mean'][k]:+.5f}")
+    return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval"))
+    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval", "reward-audit"))
     parser.add_argument("--task", default="anymal_c_flat", choices=("anymal_c_flat", "g1_flat"))
     parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
     parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
-    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files; reward-audit: files or folders")
     parser.add_argument("--steps", type=int, default=1000, help="prediction / policy-eval without --model: gradient steps per model")
     parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--start-data", type=Path, default=None, help="reward-audit: dataset folder to start imagined episodes from (default: the checkpoint's)")
     parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -257,9 +309,13 @@ def main() -> None:
         result = prediction(args.task, args.policy, args.steps, args.hidden, args.seed)
     elif args.part == "throughput":
         result = throughput(args.task, args.model, args.seconds)
+    elif not args.checkpoints:
+        parser.error(f"{args.part} needs --checkpoints")
+    elif args.part == "reward-audit":
+        if args.model is None:
+            parser.error("reward-audit needs --model")
+        result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed)
     else:
-        if not args.checkpoints:
-            parser.error("policy-eval needs --checkpoints")
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
                              sample=args.sample)
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"

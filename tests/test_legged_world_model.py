@@ -123,6 +123,33 @@ def test_episodes_never_start_from_real_states_about_to_fall(anymal_model, anyma
     with pytest.raises(ValueError, match="only hold falls"):
         ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=only_falls, start_margin_s=0.5)
 
+
+def test_sampled_imagination_scores_the_mean_and_follows_the_sample(anymal_model):
+    """The draw's noise must not be charged as jerk: with ``score_mean`` the reward terms read
+    the ensemble-mean next state, while the trajectory (and its falls) follows the sample."""
+    model, path, _ = anymal_model
+    carry = {"obs": torch.zeros(6, 46), "h": torch.zeros(6, 2, 64)}
+    action = torch.full((6, 12), 0.3)
+    _, sampled = model.imagine(carry, action, sample=True, generator=torch.Generator().manual_seed(0))
+    _, mean = model.imagine(carry, action, sample=False)
+    torch.testing.assert_close(sampled.extras["mean_obs"], mean.obs)
+    torch.testing.assert_close(sampled.extras["mean_contacts"], mean.contacts)
+    assert not torch.allclose(sampled.obs, mean.obs) and "mean_obs" not in mean.extras
+    acc = {}
+    for score_mean in (True, False):
+        env = ImaginedLeggedVecEnv(64, model=str(path), task=TASK, sample=True, score_mean=score_mean)
+        env.reset(seed=3)
+        sums = {k: 0.0 for k in ("dof_acc_l2", "feet_air_time")}
+        states = []
+        for _ in range(20):
+            _, _, _, _, info = env.step(torch.zeros(64, 12))
+            states.append(info["state"])
+            for k in sums:
+                sums[k] += float(env.episode_sums[k].sum())
+        acc[score_mean] = (sums, torch.stack(states))
+    torch.testing.assert_close(acc[True][1], acc[False][1])  # the same sampled trajectory either way
+    assert acc[True][0]["dof_acc_l2"] > acc[False][0]["dof_acc_l2"]  # less (negative) jerk penalty on the mean
+
 def test_a_model_of_another_task_is_refused(pendulum_transitions, tmp_path):
     from tasks.collect import dataset_meta
     from tasks import get_task

@@ -10,7 +10,8 @@ Per step, for every env at once:
 
 1. the model consumes (state, action) and predicts the next state, its contact logits and a
    termination logit;
-2. a :class:`~tasks.locomotion.mdp.LeggedState` is built from the prediction: contacts
+2. a :class:`~tasks.locomotion.mdp.LeggedState` is built from the prediction (when sampling,
+   from the ensemble-mean next state for scoring, ``score_mean``, while the episode follows the sample): contacts
    above 0.5 probability, joint accelerations by finite difference, foot air time from the
    predicted foot contacts, undesired contact forces as the contact flags (2 N when in
    contact, above the terms' 1 N threshold); foot velocities are not predicted (zero, so
@@ -64,6 +65,10 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
             the checkpoint).
         device: torch device of every tensor.
         sample: sample the model's predictive distribution (True) or use its mean.
+        score_mean: when sampling, the reward terms and foot contacts read the ensemble-mean
+            next state (``Prediction.extras["mean_obs"]``) while the episode follows the sample
+            (falls and terminations too): terms on finite differences and contact events would
+            otherwise charge the draw's noise as jerk and foot flicker (BENCHMARKS.md, per-term audit).
         termination_threshold: calibrated P(terminated) above which the learned head ends an
             episode when ``sample`` is False (with ``sample`` it is drawn, see ``_learned_termination``).
         uncertainty_penalty: lambda of MOPO's reward penalty, reward -= lambda x epistemic
@@ -92,6 +97,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         start_data: str | Path | dict | None = None,
         device: str | torch.device = "cpu",
         sample: bool = True,
+        score_mean: bool = True,
         termination_threshold: float = 0.5,
         uncertainty_penalty: float = 0.0,
         max_episode_steps: int | None = None,
@@ -143,7 +149,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         ref.close()
         self.termination_threshold = termination_threshold
         self.uncertainty_penalty = uncertainty_penalty
-        self.sample = sample
+        self.sample, self.score_mean = sample, score_mean
         if start_margin_s < 0:
             raise ValueError(f"start_margin_s must be >= 0, got {start_margin_s}")
         self.start_margin_steps = int(round(start_margin_s / self.step_dt))
@@ -201,7 +207,10 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         self.carry = carry
         self.episode_length_buf += 1
         contacts = torch.sigmoid(pred.contacts) > 0.5
-        s = self._legged_state(state, nxt, contacts)
+        s = taken = self._legged_state(state, nxt, contacts)
+        if self.sample and self.score_mean and "mean_obs" in pred.extras:  # score what the dynamics expect, not the draw's noise
+            mean_next = torch.where(diverged[:, None], state, pred.extras["mean_obs"])
+            s = self._legged_state(state, mean_next, torch.sigmoid(pred.extras["mean_contacts"]) > 0.5)
         self.air_time.update(s.foot_contact, self.step_dt)
         a = self.air_time
         s.last_air_time, s.current_air_time, s.current_contact_time, s.first_contact = (
@@ -210,8 +219,8 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         s.command = self.command.clone()
 
         terminated = self._learned_termination(pred.termination_logit)
-        for fn, params in self._state_terminations.values():
-            terminated |= fn(s, **params).bool()
+        for fn, params in self._state_terminations.values():  # falls follow the trajectory taken
+            terminated |= fn(taken, **params).bool()
         terminated &= ~diverged
         truncated = (self.episode_length_buf >= self.max_episode_length) | diverged
         s.terminated = terminated

@@ -188,12 +188,8 @@ class DualAutoregressiveGRU(StateDeltaModel):
             delta = torch.addcmul(mean[member, rows], std, noise)
         else:
             delta = mean.mean(0)
-        next_obs = obs + self.delta_normalizer.denormalize(delta)
-        uncertainty = member_std(mean).mean(-1)
-        reward, logit = self.reward_termination(obs, action, next_obs)
-        contacts = self.contact_logits(obs, action, next_obs)
-        pred = Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit, contacts=contacts)
-        return {"obs": next_obs, "h": h.transpose(0, 1)}, pred
+        pred = self._prediction(obs, action, delta, mean, sample, member_std(mean).mean(-1))
+        return {"obs": pred.obs, "h": h.transpose(0, 1)}, pred
 
     # ----------------------------------------------------------------------------- training
 

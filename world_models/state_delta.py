@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from world_models.base import ModelSpec, WorldModel
+from world_models.base import ModelSpec, Prediction, WorldModel
 from world_models.heads import TransitionHeads
 from world_models.normalizer import Normalizer
 
@@ -47,6 +47,23 @@ class StateDeltaModel(WorldModel):
         """Contact logits (B, C) of ``next_obs`` from the contact head (None when ``spec.contact_dim`` = 0)."""
         norm = self.obs_normalizer.normalize
         return self.heads.contacts(norm(obs), self._scale(action), norm(next_obs))
+
+    def _prediction(self, obs: torch.Tensor, action: torch.Tensor, delta: torch.Tensor, member_means: torch.Tensor,
+                    sample: bool, uncertainty: torch.Tensor) -> Prediction:
+        """The :class:`Prediction` of one step: ``delta`` (B, D) the normalized delta taken
+        (sampled or mean), ``member_means`` (E, B, D) every member's mean. The heads read the
+        taken next state. When sampling, ``extras["mean_obs"]`` (B, D) is the ensemble-mean next
+        state and ``extras["mean_contacts"]`` (B, C) its contact logits: what the dynamics
+        expect, for consumers that score a step without the sample's noise."""
+        next_obs = obs + self.delta_normalizer.denormalize(delta)
+        reward, logit = self.reward_termination(obs, action, next_obs)
+        contacts = self.contact_logits(obs, action, next_obs)
+        extras: dict[str, torch.Tensor] = {}
+        if sample:
+            extras["mean_obs"] = obs + self.delta_normalizer.denormalize(member_means.mean(0))
+            if contacts is not None:
+                extras["mean_contacts"] = self.contact_logits(obs, action, extras["mean_obs"])
+        return Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit, contacts=contacts, extras=extras)
 
     def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
         self.obs_normalizer.fit(data["obs"])
