@@ -28,7 +28,8 @@
 - ``reward-audit``: for each checkpoint given (``--checkpoints`` files or folders), the
   deterministic policy's mean reward per step of every reward term, and terminations per
   step, on MuJoCo and in imagination with ``--model`` (sampled and mean prediction; episodes
-  of 100 steps from real states at least 1 s before a real fall; 64 robots x 250 steps each):
+  of 100 steps from real states at least 1 s before a real fall; 64 robots x 250 steps each;
+  sampled with terms on the sample, sampled with terms on the ensemble mean (``score_mean``), mean):
   which terms the model gets wrong.
 
 Results go to ``runs/benchmarks/<task>_<part>.json``; tables are printed as in BENCHMARKS.md.
@@ -269,11 +270,12 @@ def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_dat
     rows: dict[str, Any] = {}
     for f in files:
         row = {}
-        for side in ("real", "imagined_sampled", "imagined_mean"):
+        for side in ("real", "imagined_sampled", "imagined_sampled_scored_on_mean", "imagined_mean"):
             if side == "real":
                 env = LeggedVelocityVecEnv(env_cfg(task), num_envs=envs, num_threads=1)
             else:
-                env = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=side == "imagined_sampled",
+                env = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=side != "imagined_mean",
+                                           score_mean=side == "imagined_sampled_scored_on_mean",
                                            start_data=None if start_data is None else str(start_data), max_episode_steps=100)
             policy = load_rsl_rl_policy(f, env)
             sums = _metered(env)
@@ -285,9 +287,9 @@ def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_dat
             row[side] = {**{k: v / steps for k, v in sums.items()}, "total": sum(sums.values()) / steps, "terminations": terminations / steps}
             env.close()
         rows[str(f)] = row
-        print(f"{f}  (reward per step: MuJoCo | imagined sampled | imagined mean)")
+        print(f"{f}  (reward per step: MuJoCo | imagined sampled | sampled, scored on the mean | imagined mean)")
         for k in row["real"]:
-            print(f"  {k:24s} {row['real'][k]:+.5f} | {row['imagined_sampled'][k]:+.5f} | {row['imagined_mean'][k]:+.5f}")
+            print(f"  {k:24s} " + " | ".join(f"{row[side][k]:+.5f}" for side in row))
     return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps}
 
 
