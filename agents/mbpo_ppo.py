@@ -22,8 +22,11 @@ One outer iteration:
    the imagined reward exceeds the real one by more than ``guard_gap`` (relative, with a
    floor), or when the real reward fell below the best so far by more than ``guard_drop``
    (relative, with a floor: the measured ANYmal run lost 8x real reward while the relative
-   gap struck only once); after ``guard_patience`` strikes in a row the loop stops and
-   returns the best policy (roll back).
+   gap struck only once). On a strike the runner is rolled back to the best policy (actor,
+   critic and optimizer state) while the real data of the exploited gait stay in the dataset,
+   so the next model update learns what the policy exploited and PPO resumes from a policy
+   that worked; after ``guard_patience`` strikes in a row the loop stops and returns the best
+   policy.
 
 Offline (MOPO-PPO, RWM-U): ``offline=True`` collects nothing after the initial dataset and
 penalizes the imagined reward by ``lambda * u`` with u the ensemble disagreement. lambda is
@@ -164,7 +167,7 @@ def train(
         runner = OnPolicyRunner(adapter, copy.deepcopy(ppo_cfg.train_cfg()), None if log_dir is None else str(Path(log_dir) / "ppo"), cfg.device)
     history: dict[str, list[float]] = {k: [] for k in (
         "iteration", "real_steps", "real_reward", "imagined_reward", "real_termination_rate", "imagined_termination_rate",
-        "model_val_loss", "uncertainty_lambda", "wall_time")}
+        "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
     best = (-np.inf, None)
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
     for it in range(cfg.iterations):
@@ -222,7 +225,13 @@ def train(
         reason = guard_strike(real["reward"], imag["reward"], best[0], cfg)  # best -inf at first: no drop strike
         if real["reward"] > best[0]:
             best = (real["reward"], copy.deepcopy(policy))
+            best_state = copy.deepcopy(runner.alg.save())
         strikes = strikes + 1 if reason is not None else 0
+        history["rolled_back"].append(float(reason is not None))
+        if reason is not None:
+            runner.alg.load(best_state, None, strict=True)  # roll back: PPO resumes from the best real policy
+            if progress:
+                print(f"[mbpo-ppo] strike {strikes}: {reason}; rolled back to the best policy")
         if strikes >= cfg.guard_patience:
             if progress:
                 print(f"[mbpo-ppo] {reason} ({strikes} iterations in a row): stopping, best policy kept")

@@ -147,12 +147,12 @@ def throughput(task: str, model_path: Path | None, seconds: float) -> dict[str, 
         carry = {k: v.clone() for k, v in env.carry.items()}
         with torch.no_grad():
             bare = timed_rate(lambda: model.imagine(carry, actions), seconds, n)
-        flops = float(model.flops_per_step())
+        flops = float(model.flops_per_step(sample=env.sample))  # the env and the bare imagine both sample
         result[f"imagined_{n}"] = {"env_steps_per_s": rate, "bare_model_steps_per_s": bare, "x_mujoco": rate / result["mujoco_512_steps_per_s"],
                                    "utilisation_env": flops * rate / (result["matmul_gflops"] * 1e9),
                                    "utilisation_bare_model": flops * bare / (result["matmul_gflops"] * 1e9)}
         print(f"{n} imagined envs: {rate:,.0f} env-steps/s ({rate / result['mujoco_512_steps_per_s']:.2f}x MuJoCo), bare model {bare:,.0f}/s")
-    result["flops_per_step"] = float(model.flops_per_step())
+    result["flops_per_step"] = flops
     print(f"MuJoCo ANYmal C, 512 envs: {result['mujoco_512_steps_per_s']:,.0f} env-steps/s; matmul {result['matmul_gflops']:.0f} GFLOP/s; "
           f"model {result['flops_per_step'] / 1e6:.2f} MFLOP/step")
     return result

@@ -3,6 +3,7 @@ legged env (same terms as MuJoCo), MBPO-PPO through the CLI."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -240,6 +241,34 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path)
     assert offline["real_steps"] == [2656.0, 2656.0] and len(TransitionStore(tmp_path / "data")) == 2656
     assert all(lam > 0 for lam in offline["uncertainty_lambda"])
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
+
+
+def test_mbpo_ppo_rolls_back_to_the_best_policy_on_a_strike(tmp_path, monkeypatch):
+    """Iteration 1 loses real reward (a drop strike): PPO of iteration 2 must resume from
+    iteration 0's actor, not from the one that lost, and the history records the roll-back."""
+    import agents.mbpo_ppo as mbpo_ppo
+
+    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
+    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
+    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
+                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    real = iter([0.01, -0.01, 0.009])
+    monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
+    starts, ends = [], []
+    learn = mbpo_ppo.OnPolicyRunner.learn
+
+    def spy(self, *args, **kwargs):
+        starts.append(copy.deepcopy(self.alg.get_policy().state_dict()))
+        learn(self, *args, **kwargs)
+        ends.append(copy.deepcopy(self.alg.get_policy().state_dict()))
+
+    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", spy)
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.offline=true",
+                 "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4"]) == 0
+    history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    assert history["rolled_back"] == [0.0, 1.0, 0.0]
+    assert all(torch.equal(starts[2][k], ends[0][k]) for k in ends[0])  # resumed from iteration 0's policy
+    assert not all(torch.equal(starts[2][k], ends[1][k]) for k in ends[1])  # not from the one that lost
 
 
 def test_g1_has_its_imagined_twin(tmp_path):

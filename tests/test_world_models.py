@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -262,6 +264,14 @@ def test_gru_observe_semantics():
         torch.testing.assert_close(mid["h"], fresh["h"])
 
 
+@pytest.mark.parametrize("name", list(SMALL))
+def test_flops_per_step_counts_the_contact_head_once_more_when_sampling(name):
+    model = small_model(name, dataclasses.replace(SPEC, contact_dim=2))
+    contact_macs = sum(lin.weight.numel() for lin in model.heads.contact_net.layers)
+    assert model.flops_per_step(sample=True) - model.flops_per_step(sample=False) == 2 * contact_macs
+    assert model.flops_per_step(sample=False) - small_model(name).flops_per_step(sample=False) == 2 * contact_macs
+
+
 def test_gru_loss_ignores_padding(pendulum):
     """Invalid (padded) window positions do not influence the loss."""
     train, _ = pendulum
@@ -416,7 +426,6 @@ def test_gru_history_weight_adds_a_teacher_forced_history_term(pendulum):
 def test_refit_normalizers_keeps_the_trained_function(name, trained, pendulum):
     """A warm start on grown data refits the statistics; the model must predict exactly what
     it did before (deltas, log-std, reward, termination, contacts), in the new units."""
-    import copy
 
     spec = ModelSpec(**{**SPEC.__dict__, "contact_dim": 2})
     model = copy.deepcopy(trained[name][0])
@@ -452,7 +461,6 @@ def test_refit_normalizers_keeps_the_trained_function(name, trained, pendulum):
 
 
 def test_refit_normalizers_widens_the_divergence_range(trained, pendulum):
-    import copy
 
     model = copy.deepcopy(trained["rwm_gru"][0])
     train, _ = pendulum

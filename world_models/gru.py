@@ -78,15 +78,13 @@ class DualAutoregressiveGRU(StateDeltaModel):
             "history_weight": self.history_weight,
         }
 
-    def flops_per_step(self) -> int:
+    def flops_per_step(self, sample: bool = True) -> int:
         """Multiply-add FLOPs (x2) of one env-step of :meth:`imagine`: GRU, ensemble heads,
-        reward / termination heads. Elementwise work (gates, activations) not counted."""
+        reward / termination / contact heads (see :meth:`_heads_flops`). Elementwise work (gates, activations) not counted."""
         D, A, H = self.spec.obs_dim, self.spec.action_dim, self.hidden
         macs = sum(3 * H * ((D + A if layer == 0 else H) + H) for layer in range(self.layers))
         macs += (H + D + A) * self.ensemble * self.head_hidden + self.ensemble * self.head_hidden * 2 * D
-        if self.heads.net is not None:
-            macs += sum(lin.weight.numel() for lin in self.heads.net.layers)
-        return 2 * macs
+        return 2 * macs + self._heads_flops(sample)
 
     # ----------------------------------------------------------------------------- pieces
 

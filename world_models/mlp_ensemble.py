@@ -67,12 +67,9 @@ class ProbabilisticEnsemble(StateDeltaModel):
             "learn_termination": self.has_termination_head,
         }
 
-    def flops_per_step(self) -> int:
-        """Multiply-add FLOPs (x2) of one env-step of :meth:`imagine` (elites + heads)."""
-        macs = sum(lin.weight[0].numel() for lin in self.net.layers) * self.elites
-        if self.heads.net is not None:
-            macs += sum(lin.weight.numel() for lin in self.heads.net.layers)
-        return 2 * macs
+    def flops_per_step(self, sample: bool = True) -> int:
+        """Multiply-add FLOPs (x2) of one env-step of :meth:`imagine`: elites, then the transition heads (see :meth:`_heads_flops`)."""
+        return 2 * sum(lin.weight[0].numel() for lin in self.net.layers) * self.elites + self._heads_flops(sample)
 
     # ----------------------------------------------------------------------------- pieces
 

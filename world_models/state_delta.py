@@ -48,6 +48,15 @@ class StateDeltaModel(WorldModel):
         norm = self.obs_normalizer.normalize
         return self.heads.contacts(norm(obs), self._scale(action), norm(next_obs))
 
+    def _heads_flops(self, sample: bool) -> int:
+        """Multiply-add FLOPs (x2) of the transition heads in one :meth:`_prediction`: reward /
+        termination and contacts of the taken next state, and when ``sample``ing the contacts of the ensemble-mean one too."""
+        macs = 0
+        for net, calls in ((self.heads.net, 1), (self.heads.contact_net, 2 if sample else 1)):
+            if net is not None:
+                macs += calls * sum(lin.weight.numel() for lin in net.layers)
+        return 2 * macs
+
     def _prediction(self, obs: torch.Tensor, action: torch.Tensor, delta: torch.Tensor, member_means: torch.Tensor,
                     sample: bool, uncertainty: torch.Tensor) -> Prediction:
         """The :class:`Prediction` of one step: ``delta`` (B, D) the normalized delta taken
