@@ -22,11 +22,11 @@ One outer iteration:
    the imagined reward exceeds the real one by more than ``guard_gap`` (relative, with a
    floor), or when the real reward fell below the best so far by more than ``guard_drop``
    (relative, with a floor: the measured ANYmal run lost 8x real reward while the relative
-   gap struck only once). On a strike the runner is rolled back to the best policy (actor,
-   critic and optimizer state) while the real data of the exploited gait stay in the dataset,
-   so the next model update learns what the policy exploited and PPO resumes from a policy
-   that worked; after ``guard_patience`` strikes in a row the loop stops and returns the best
-   policy.
+   gap struck only once). After a strike the next iteration still collects its real data
+   with the policy that struck, so the model update learns the gait it exploited, and only
+   then rolls the runner back to the best policy (actor, critic and optimizer state): PPO
+   resumes from a policy that worked, in a model that now knows the exploit. After
+   ``guard_patience`` strikes in a row the loop stops and returns the best policy.
 
 Offline (MOPO-PPO, RWM-U): ``offline=True`` collects nothing after the initial dataset and
 penalizes the imagined reward by ``lambda * u`` with u the ensemble disagreement. lambda is
@@ -170,6 +170,7 @@ def train(
         "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
     best = (-np.inf, None)
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
+    best_state: dict[str, Any] | None = None  # the runner's state (actor, critic, optimizer) at the best real reward
     for it in range(cfg.iterations):
         # 1. collect with the current policy (the first iteration uses the data it was given)
         if it > 0 and not cfg.offline:
@@ -195,6 +196,8 @@ def train(
             val_loss = metrics["val_loss"]
         else:
             val_loss = float("nan")
+        if strikes > 0:  # roll back after collecting the data of the policy that struck
+            runner.alg.load(best_state, None, strict=True)
         # 3. PPO in imagination (MOPO's lambda scaled to this iteration's reward and uncertainty)
         policy = MLPPolicy.from_rsl_rl(runner).cpu()
         lam = 0.0
@@ -227,11 +230,9 @@ def train(
             best = (real["reward"], copy.deepcopy(policy))
             best_state = copy.deepcopy(runner.alg.save())
         strikes = strikes + 1 if reason is not None else 0
-        history["rolled_back"].append(float(reason is not None))
-        if reason is not None:
-            runner.alg.load(best_state, None, strict=True)  # roll back: PPO resumes from the best real policy
-            if progress:
-                print(f"[mbpo-ppo] strike {strikes}: {reason}; rolled back to the best policy")
+        history["rolled_back"].append(float(reason is not None))  # at the next iteration, after its collection
+        if reason is not None and progress:
+            print(f"[mbpo-ppo] strike {strikes}: {reason}; next: collect with this policy, then roll back to the best")
         if strikes >= cfg.guard_patience:
             if progress:
                 print(f"[mbpo-ppo] {reason} ({strikes} iterations in a row): stopping, best policy kept")

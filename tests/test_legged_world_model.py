@@ -3,7 +3,6 @@ legged env (same terms as MuJoCo), MBPO-PPO through the CLI."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 
@@ -243,10 +242,12 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
 
 
-def test_mbpo_ppo_rolls_back_to_the_best_policy_on_a_strike(tmp_path, monkeypatch):
-    """Iteration 1 loses real reward (a drop strike): PPO of iteration 2 must resume from
-    iteration 0's actor, not from the one that lost, and the history records the roll-back."""
+def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path, monkeypatch):
+    """Iteration 1 loses real reward (a drop strike): iteration 2 must collect its real data
+    with iteration 1's policy (the model learns what it exploited), then run PPO from
+    iteration 0's actor, not from the one that lost."""
     import agents.mbpo_ppo as mbpo_ppo
+    from agents.policy import MLPPolicy
 
     r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
     assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
@@ -254,21 +255,28 @@ def test_mbpo_ppo_rolls_back_to_the_best_policy_on_a_strike(tmp_path, monkeypatc
                  "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
     real = iter([0.01, -0.01, 0.009])
     monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
-    starts, ends = [], []
-    learn = mbpo_ppo.OnPolicyRunner.learn
+    probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
+    collected, starts, ends = [], [], []
+    collect, learn = mbpo_ppo.collect_legged, mbpo_ppo.OnPolicyRunner.learn
 
-    def spy(self, *args, **kwargs):
-        starts.append(copy.deepcopy(self.alg.get_policy().state_dict()))
+    def collect_spy(task, act, *args, **kwargs):
+        collected.append(act(probe))
+        return collect(task, act, *args, **kwargs)
+
+    def learn_spy(self, *args, **kwargs):
+        starts.append(MLPPolicy.from_rsl_rl(self).act(probe))
         learn(self, *args, **kwargs)
-        ends.append(copy.deepcopy(self.alg.get_policy().state_dict()))
+        ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
 
-    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", spy)
-    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.offline=true",
-                 "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4"]) == 0
+    monkeypatch.setattr(mbpo_ppo, "collect_legged", collect_spy)
+    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
+                 "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
+                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4"]) == 0
     history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
     assert history["rolled_back"] == [0.0, 1.0, 0.0]
-    assert all(torch.equal(starts[2][k], ends[0][k]) for k in ends[0])  # resumed from iteration 0's policy
-    assert not all(torch.equal(starts[2][k], ends[1][k]) for k in ends[1])  # not from the one that lost
+    assert torch.equal(collected[1], ends[1])  # iteration 2 collected with the policy that struck...
+    assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # ...and PPO resumed from iteration 0's
 
 
 def test_g1_has_its_imagined_twin(tmp_path):
