@@ -168,9 +168,8 @@ def train(
     history: dict[str, list[float]] = {k: [] for k in (
         "iteration", "real_steps", "real_reward", "imagined_reward", "real_termination_rate", "imagined_termination_rate",
         "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
-    best = (-np.inf, None)
+    best: tuple[float, dict[str, Any] | None] = (-np.inf, None)  # best real reward, the runner's state (actor, critic, optimizer) then
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
-    best_state: dict[str, Any] | None = None  # the runner's state (actor, critic, optimizer) at the best real reward
     for it in range(cfg.iterations):
         # 1. collect with the current policy (the first iteration uses the data it was given)
         if it > 0 and not cfg.offline:
@@ -197,7 +196,7 @@ def train(
         else:
             val_loss = float("nan")
         if strikes > 0:  # roll back after collecting the data of the policy that struck
-            runner.alg.load(best_state, None, strict=True)
+            runner.alg.load(best[1], None, strict=True)
         # 3. PPO in imagination (MOPO's lambda scaled to this iteration's reward and uncertainty)
         policy = MLPPolicy.from_rsl_rl(runner).cpu()
         lam = 0.0
@@ -227,8 +226,7 @@ def train(
                   f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
         reason = guard_strike(real["reward"], imag["reward"], best[0], cfg)  # best -inf at first: no drop strike
         if real["reward"] > best[0]:
-            best = (real["reward"], copy.deepcopy(policy))
-            best_state = copy.deepcopy(runner.alg.save())
+            best = (real["reward"], copy.deepcopy(runner.alg.save()))
         strikes = strikes + 1 if reason is not None else 0
         history["rolled_back"].append(float(reason is not None))  # at the next iteration, after its collection
         if reason is not None and progress:
@@ -241,4 +239,5 @@ def train(
     if writer is not None:
         writer.close()
     history["guard_real_steps"] = [float(guard_real_steps)]
-    return best[1], history
+    runner.alg.load(best[1], None, strict=True)
+    return MLPPolicy.from_rsl_rl(runner).cpu(), history
