@@ -36,6 +36,11 @@ penalty's share of the reward scale (a fixed lambda swamped the reward in the re
 
 Real samples are counted: ``real_steps`` (collection: what trains the model) and
 ``guard_real_steps`` (evaluation only) are reported separately.
+
+Continuing a run: ``start_policy`` (an earlier run's policy folder) starts PPO from that run's
+best actor and critic (``ppo_state.safetensors``, written beside the policy by
+:func:`save_runner_state`), or, for a policy folder without it, from the policy's mean
+network with a fresh critic and action std (rsl-rl's ``load_cfg`` with the actor only).
 """
 
 from __future__ import annotations
@@ -51,14 +56,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from rsl_rl.runners import OnPolicyRunner
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
 
-from agents.policy import MLPPolicy
+from agents.policy import MLPPolicy, PolicyFileError
 from agents.ppo_rsl_rl import RslRlPPOConfig
 from tasks.locomotion.collect import collect_legged
 from wam_env.legged import ImaginedLeggedVecEnv
 from wam_env.rsl_rl import RslRlVecEnvAdapter
 from world_models.base import WorldModel
-from world_models.data import split_episodes, to_torch
+from world_models.data import atomic_write_bytes, split_episodes, to_torch
 from world_models.training import WorldModelTrainConfig, train_world_model
 
 
@@ -105,6 +113,55 @@ def _rsl_rl_cfg(cfg: MbpoPPOConfig) -> RslRlPPOConfig:
     return RslRlPPOConfig(**{**cfg.ppo, "seed": cfg.seed, "device": cfg.device})
 
 
+RUNNER_STATE_FILE = "ppo_state.safetensors"
+_STATE_PARTS = {"actor": "actor_state_dict", "critic": "critic_state_dict"}
+
+
+def save_runner_state(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Write the actor and critic of an rsl-rl ``alg.save()`` dict to ``folder/ppo_state.safetensors``
+    (tensors ``actor.<name>`` / ``critic.<name>``; the optimizer's moments are not kept)."""
+    path = Path(folder) / RUNNER_STATE_FILE
+    tensors = {f"{part}.{k}": v.detach().to("cpu").contiguous() for part, key in _STATE_PARTS.items() for k, v in state[key].items()}
+    blob = safetensors_save(tensors, metadata={"format": "wam.rsl_rl_state"})
+    atomic_write_bytes(path, lambda f: f.write(blob))
+    return path
+
+
+@torch.no_grad()
+def load_start_policy(runner: OnPolicyRunner, folder: str | Path) -> str:
+    """Start ``runner``'s PPO from an earlier run's policy ``folder``: actor and critic from its
+    ``ppo_state.safetensors``, or (a folder without one) the actor's mean network from the wam
+    policy, critic and action std left fresh. Returns which of the two was loaded.
+
+    Raises:
+        PolicyFileError: the folder is not a policy, or its networks do not fit this runner's
+            actor / critic (other observation or action sizes, hidden layers, activation).
+    """
+    folder = Path(folder)
+    policy = MLPPolicy.load(folder)  # checks the folder; the mean network when there is no runner state
+    actor, critic = runner.alg._raw_actor, runner.alg._raw_critic
+    state_path = folder / RUNNER_STATE_FILE
+    if state_path.is_file():
+        try:
+            tensors = load_file(str(state_path))
+        except (SafetensorError, OSError) as e:
+            raise PolicyFileError(f"{state_path} is corrupt: not a readable safetensors file ({e})") from e
+        state = {key: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == part} for part, key in _STATE_PARTS.items()}
+        try:
+            runner.alg.load(state, {"actor": True, "critic": True}, strict=True)
+        except RuntimeError as e:
+            raise PolicyFileError(f"{state_path} does not fit this PPO's actor / critic: {e}") from e
+        return "actor and critic"
+    fresh = MLPPolicy.from_rsl_rl(runner)
+    if policy.config() | {"source": ""} != fresh.config() | {"source": ""}:
+        raise PolicyFileError(f"{folder}: policy {policy.config()} does not fit this PPO's actor {fresh.config()}")
+    targets = [m for m in actor.mlp if isinstance(m, torch.nn.Linear)]
+    for src, dst in zip([m for m in policy.mlp if isinstance(m, torch.nn.Linear)], targets, strict=True):
+        dst.weight.copy_(src.weight)
+        dst.bias.copy_(src.bias)
+    return "actor mean (critic and action std fresh)"
+
+
 @torch.no_grad()
 def imagined_reward(env: ImaginedLeggedVecEnv, policy: MLPPolicy, steps: int, seed: int) -> dict[str, float]:
     """Mean reward per step, termination rate per step and mean uncertainty of ``policy``
@@ -137,7 +194,8 @@ def train(
     append: Callable[[dict[str, np.ndarray]], None] | None = None,
     log_dir: str | None = None,
     progress: bool = True,
-) -> tuple[MLPPolicy, dict[str, Any]]:
+    start_policy: str | Path | None = None,
+) -> tuple[MLPPolicy, dict[str, Any], dict[str, Any]]:
     """Run MBPO-PPO from the real ``data`` (flat legged transitions, e.g. perturbed default-pose
     collection) and a world ``model`` already trained on it.
 
@@ -148,9 +206,12 @@ def train(
         cfg / model_train: loop and world-model training hyperparameters.
         append: called with every new real batch (e.g. ``TransitionStore.append``).
         log_dir: TensorBoard (``MBPO/*`` scalars, rsl-rl's own under ``ppo/``).
+        start_policy: an earlier run's policy folder to continue from (:func:`load_start_policy`);
+            None: a fresh actor and critic.
 
-    Returns the policy with the best real reward and a history dict (per iteration: real
-    steps, real / imagined reward per step, termination rates, model validation loss, wall time).
+    Returns the policy with the best real reward, a history dict (per iteration: real steps,
+    real / imagined reward per step, termination rates, model validation loss, wall time) and
+    the runner's state at that policy (rsl-rl ``alg.save()``; :func:`save_runner_state`).
     """
     torch.manual_seed(cfg.seed)
     writer = None
@@ -165,6 +226,10 @@ def train(
     quiet = (lambda: contextlib.nullcontext()) if progress else (lambda: contextlib.redirect_stdout(io.StringIO()))
     with quiet():
         runner = OnPolicyRunner(adapter, copy.deepcopy(ppo_cfg.train_cfg()), None if log_dir is None else str(Path(log_dir) / "ppo"), cfg.device)
+    if start_policy is not None:
+        loaded = load_start_policy(runner, start_policy)
+        if progress:
+            print(f"[mbpo-ppo] PPO starts from {start_policy}: {loaded}")
     history: dict[str, list[float]] = {k: [] for k in (
         "iteration", "real_steps", "real_reward", "imagined_reward", "real_termination_rate", "imagined_termination_rate",
         "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
@@ -240,4 +305,4 @@ def train(
         writer.close()
     history["guard_real_steps"] = [float(guard_real_steps)]
     runner.alg.load(best[1], None, strict=True)
-    return MLPPolicy.from_rsl_rl(runner).cpu(), history
+    return MLPPolicy.from_rsl_rl(runner).cpu(), history, best[1]

@@ -279,6 +279,42 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # ...and PPO resumed from iteration 0's
 
 
+def test_mbpo_ppo_resumes_from_an_earlier_runs_policy(tmp_path, monkeypatch):
+    """``agent.resume`` starts PPO from the earlier run's kept actor (with its critic from
+    ``ppo_state.safetensors``, or the actor alone when only the wam policy is there); a policy
+    that does not fit the task's actor is refused, naming the problem."""
+    import agents.mbpo_ppo as mbpo_ppo
+    from agents.policy import MLPPolicy
+
+    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
+    assert main(["collect", *r, "steps=600", "collect.num_envs=20"]) == 0
+    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
+                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
+    starts, learn = [], mbpo_ppo.OnPolicyRunner.learn
+
+    def learn_spy(self, *args, **kwargs):
+        starts.append((MLPPolicy.from_rsl_rl(self).act(probe), torch.cat([p.detach().flatten() for p in self.alg._raw_critic.parameters()])))
+        learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    run = ["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=16", "agent.params.iterations=1", "agent.params.offline=true",
+           "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_envs=4"]
+    assert main([*run, f"paths.policy={tmp_path / 'first'}"]) == 0
+    assert (tmp_path / "first" / "ppo_state.safetensors").is_file()
+    kept = MLPPolicy.load(tmp_path / "first").act(probe)
+    assert not torch.allclose(starts[0][0], kept)  # PPO changed the fresh actor...
+    assert main([*run, f"agent.resume={tmp_path / 'first'}", f"paths.policy={tmp_path / 'second'}"]) == 0
+    assert torch.allclose(starts[1][0], kept, atol=1e-6)  # ...and the second run started from the kept one
+    (tmp_path / "first" / "ppo_state.safetensors").unlink()  # the actor alone (e.g. a policy from elsewhere)
+    assert main([*run, f"agent.resume={tmp_path / 'first'}", f"paths.policy={tmp_path / 'third'}"]) == 0
+    assert torch.allclose(starts[2][0], kept, atol=1e-6) and not torch.allclose(starts[2][1], starts[1][1])  # fresh critic
+    assert main([*run, f"agent.resume={tmp_path / 'no_such_policy'}"]) == 2
+    foreign = MLPPolicy(obs_dim=99, action_dim=29, action_low=[-1.0] * 29, action_high=[1.0] * 29, hidden=[8])
+    foreign.save(tmp_path / "g1_policy")
+    assert main([*run, f"agent.resume={tmp_path / 'g1_policy'}"]) == 2
+
+
 def test_g1_has_its_imagined_twin(tmp_path):
     data = collect_legged("g1_flat", None, 512, num_envs=32, seed=0, action_noise=0.3, progress=False)
     meta = legged_dataset_meta("g1_flat")

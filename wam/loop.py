@@ -211,7 +211,9 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
     """MBPO-PPO (``agent=mbpo_ppo``) on a legged task: starts from the dataset at ``paths.data``
     and the world model at ``paths.model`` (``wam collect`` / ``wam train-model`` first), appends
     every new real batch to the dataset, saves the improved model back and the policy to
-    ``paths.policy``; the per-iteration history goes to ``<run_dir>/mbpo_ppo.json``."""
+    ``paths.policy`` (with the PPO actor and critic beside it, ``ppo_state.safetensors``); the
+    per-iteration history goes to ``<run_dir>/mbpo_ppo.json``. ``agent.resume``: an earlier
+    run's policy folder for PPO to continue from."""
     from world_models.checkpoint import load_checkpoint
 
     task = task_of(cfg)
@@ -228,13 +230,17 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
         raise ConfigError(f"world model {model_path} was trained on task {extra.get('task')!r}, not {task.name!r}")
     train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
     t0 = time.perf_counter()
-    policy, history = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
-                                     log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
+    resume = a["resume"]
+    if resume is not None and not Path(resume).is_dir():
+        raise ConfigError(f"agent.resume={resume!r} is not a policy folder (an earlier run's <run_dir>/policy)")
+    policy, history, runner_state = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
+                                                   log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
+                                                   start_policy=resume)
     history["train_seconds"] = time.perf_counter() - t0
     data = store.load()
     start = start_tensors(data)
     save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
-    policy.save(run_path(cfg, "policy", "policy"))
+    mbpo_ppo.save_runner_state(policy.save(run_path(cfg, "policy", "policy")), runner_state)
     out = Path(cfg["run_dir"]) / "mbpo_ppo.json"
     out.write_text(json.dumps(history, indent=2).replace("NaN", "null"))
     return policy, history
