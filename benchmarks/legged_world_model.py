@@ -21,7 +21,8 @@
   every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
   deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
   distribution, 64 robots, 5 s from reset; imagination with the model's mean prediction
-  unless ``--sample``, and from real states at least 1 s before a real fall), their Pearson correlation, the termination
+  unless ``--sample``, and from real states at least 1 s before a real fall; ``--horizon 100``
+  restarts imagined episodes every 100 steps as MBPO-PPO does), their Pearson correlation, the termination
   rates of both, and the termination head's precision / recall on the real transitions;
   Pearson also over the held-out checkpoints alone.
 
@@ -206,14 +207,14 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
-                train_steps: int = 3000, hidden: int = 128, sample: bool = False) -> dict[str, Any]:
+                train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int | None = None) -> dict[str, Any]:
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
     seen: list[Path] = []
     if model_path is None:
         model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, Path(f"runs/benchmarks/{task}_policy_eval_model"))
-    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample)
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, max_episode_steps=horizon)
     model = imag.model
     rows = []
     all_logits, all_terms = [], []
@@ -241,7 +242,8 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm, "model": str(model_path),
            "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
            "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])), "sample": sample,
-           "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps}
+           "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps,
+           "horizon": imag.max_episode_length}
     if out["pearson_held_out"] is not None:
         print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
     print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
@@ -305,6 +307,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--start-data", type=Path, default=None, help="reward-audit: dataset folder to start imagined episodes from (default: the checkpoint's)")
     parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="policy-eval: imagined steps before an episode restarts from real states (default: the task's episode, 1000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -319,7 +323,7 @@ def main() -> None:
         result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
-                             sample=args.sample)
+                             sample=args.sample, horizon=args.horizon)
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

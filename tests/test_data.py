@@ -104,6 +104,31 @@ def test_window_sampler_pads_at_episode_edges(pendulum_transitions):
     assert torch.equal(b["next_obs"][:, :-1][both], b["obs"][:, 1:][both])
 
 
+def test_window_sampler_oversamples_windows_before_a_termination():
+    """Episodes of 100 transitions, one in ten ending in a fall: with near_fall_fraction 0.5
+    half of each batch starts fewer than near_fall_steps before a fall, against 1% uniformly."""
+    n_ep, length = 50, 100
+    episode = torch.arange(n_ep).repeat_interleave(length)
+    terminated = torch.zeros(n_ep * length, dtype=torch.bool)
+    terminated[torch.arange(0, n_ep, 10) * length + length - 1] = True
+    data = {"obs": torch.randn(n_ep * length, 3), "action": torch.randn(n_ep * length, 1), "next_obs": torch.randn(n_ep * length, 3),
+            "reward": torch.zeros(n_ep * length), "terminated": terminated, "episode": episode}
+    step = torch.arange(n_ep * length) % length
+
+    def near_fall_share(sampler: WindowSampler) -> float:
+        w = sampler.sample(4000)
+        starts = w["obs"][:, sampler.history]  # the forecast's first obs identifies the transition
+        idx = (starts[:, None, :] == data["obs"][None]).all(-1).float().argmax(1)
+        return float((terminated[episode[idx] * length + length - 1] & (step[idx] >= length - 10)).float().mean())
+
+    assert near_fall_share(WindowSampler(data, 2, 3, seed=0)) < 0.03
+    assert near_fall_share(WindowSampler(data, 2, 3, seed=0, near_fall_fraction=0.5, near_fall_steps=10)) == pytest.approx(0.5, abs=0.03)
+    no_falls = {**data, "terminated": torch.zeros_like(terminated)}  # nothing to oversample: uniform
+    assert near_fall_share(WindowSampler(no_falls, 2, 3, seed=0, near_fall_fraction=0.5, near_fall_steps=10)) < 0.03
+    with pytest.raises(ValueError, match="near_fall_fraction"):
+        WindowSampler(data, 2, 3, near_fall_fraction=1.0)
+
+
 def test_split_and_spec(pendulum_transitions):
     train, val = split_episodes(pendulum_transitions, 0.2, seed=0)
     assert set(np.unique(train["episode"])).isdisjoint(np.unique(val["episode"]))

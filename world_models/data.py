@@ -229,11 +229,19 @@ class WindowSampler:
     ``reward`` (B, L), ``terminated`` (B, L) bool, ``valid`` (B, L) bool, ``is_first`` (B, L)
     bool (the first valid position of each window), ``history`` = M (int), and ``contacts``
     (B, L, C) bool when the data hold them.
+
+    ``near_fall_fraction`` f > 0 draws f of every batch uniformly from the forecast starts
+    that lie fewer than ``near_fall_steps`` transitions before a termination of their episode
+    (the rest uniformly from all): falls are rare (< 0.5% of legged transitions), and a model
+    trained on uniform windows learns that the robot stays upright.
     """
 
-    def __init__(self, data: dict[str, torch.Tensor], history: int, forecast: int, seed: int = 0):
+    def __init__(self, data: dict[str, torch.Tensor], history: int, forecast: int, seed: int = 0,
+                 near_fall_fraction: float = 0.0, near_fall_steps: int = 50):
         if history < 0 or forecast < 1:
             raise ValueError(f"need history >= 0 and forecast >= 1, got {history}, {forecast}")
+        if not 0.0 <= near_fall_fraction < 1.0 or near_fall_steps < 1:
+            raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {near_fall_fraction}, {near_fall_steps}")
         self.data = {k: data[k] for k in ("obs", "action", "next_obs", "reward", "terminated", "contacts") if k in data}
         self.device = self.data["obs"].device
         episode = data["episode"].to(self.device)
@@ -251,6 +259,12 @@ class WindowSampler:
         self.history, self.forecast = history, forecast
         self.offsets = torch.arange(-history, forecast, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.near_fall_fraction = near_fall_fraction
+        self.near_fall = idx[:0]  # forecast starts (k,) fewer than near_fall_steps before their episode's termination
+        if near_fall_fraction > 0 and "terminated" in data:
+            last = self.ep_end - 1  # the episode's last transition
+            ends_in_fall = data["terminated"].to(self.device).bool()[last]
+            self.near_fall = idx[ends_in_fall & (last - idx < near_fall_steps)]
 
     def __len__(self) -> int:
         return self.ep_start.shape[0]
@@ -270,6 +284,10 @@ class WindowSampler:
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         start = torch.randint(0, len(self), (batch_size,), device=self.device, generator=self.generator)
+        k = round(self.near_fall_fraction * batch_size) if self.near_fall.numel() else 0
+        if k:
+            pick = torch.randint(0, self.near_fall.numel(), (k,), device=self.device, generator=self.generator)
+            start[:k] = self.near_fall[pick]
         return self.window(start)
 
 

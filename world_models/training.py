@@ -26,7 +26,10 @@ class WorldModelTrainConfig:
         max_steps: gradient steps at most.
         eval_every: steps between validation losses (and TensorBoard points).
         patience: stop after this many evaluations without a lower validation loss.
-        val_windows: validation windows (a fixed set, drawn once).
+        val_windows: validation windows (a fixed set, drawn once, uniformly).
+        near_fall_fraction / near_fall_steps: share of every training batch drawn from the
+            windows whose forecast starts fewer than ``near_fall_steps`` transitions before a
+            termination (:class:`~world_models.data.WindowSampler`); 0: uniform windows.
         seed: seeds the samplers, initialisation noise and the loss's sampling.
         device: where the model trains.
     """
@@ -39,6 +42,8 @@ class WorldModelTrainConfig:
     eval_every: int = 50
     patience: int = 10
     val_windows: int = 1024
+    near_fall_fraction: float = 0.0
+    near_fall_steps: int = 50
     seed: int = 0
     device: str = "cpu"
 
@@ -80,7 +85,8 @@ def train_world_model(
     if fit_normalizers:
         model.fit_normalizers(train)
     spec = model.spec
-    sampler = WindowSampler(train, spec.history, spec.forecast, seed=cfg.seed)
+    sampler = WindowSampler(train, spec.history, spec.forecast, seed=cfg.seed, near_fall_fraction=cfg.near_fall_fraction,
+                            near_fall_steps=cfg.near_fall_steps)
     val_sampler = WindowSampler(val, spec.history, spec.forecast, seed=cfg.seed + 1)
     val_batch = val_sampler.sample(min(cfg.val_windows, len(val_sampler)))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
