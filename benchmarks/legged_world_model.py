@@ -21,8 +21,8 @@
   every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
   deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
   distribution, 64 robots, 5 s from reset; imagination with the model's mean prediction
-  unless ``--sample``, and from real states at least 1 s before a real fall; ``--horizon 100``
-  restarts imagined episodes every 100 steps as MBPO-PPO does), their Pearson correlation, the termination
+  unless ``--sample``, and from real states at least 1 s before a real fall, restarting
+  every ``--horizon`` = 100 steps as MBPO-PPO's imagination does), their Pearson correlation, the termination
   rates of both, and the termination head's precision / recall on the real transitions;
   Pearson also over the held-out checkpoints alone.
 
@@ -207,7 +207,7 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
-                train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int | None = None) -> dict[str, Any]:
+                train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100) -> dict[str, Any]:
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
@@ -307,8 +307,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--start-data", type=Path, default=None, help="reward-audit: dataset folder to start imagined episodes from (default: the checkpoint's)")
     parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
-    parser.add_argument("--horizon", type=int, default=None,
-                        help="policy-eval: imagined steps before an episode restarts from real states (default: the task's episode, 1000)")
+    parser.add_argument("--horizon", type=int, default=100,
+                        help="policy-eval: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
