@@ -40,7 +40,9 @@ Real samples are counted: ``real_steps`` (collection: what trains the model) and
 Continuing a run: ``start_policy`` (an earlier run's policy folder) starts PPO from that run's
 best actor and critic (``ppo_state.safetensors``, written beside the policy by
 :func:`save_runner_state`), or, for a policy folder without it, from the policy's mean
-network with a fresh critic and action std (rsl-rl's ``load_cfg`` with the actor only).
+network with a fresh critic and action std (rsl-rl's ``load_cfg`` with the actor only). The
+start policy's real reward (one guard rollout) is the best to beat: roll-backs return to it
+until an iteration does better on MuJoCo.
 """
 
 from __future__ import annotations
@@ -207,7 +209,8 @@ def train(
         append: called with every new real batch (e.g. ``TransitionStore.append``).
         log_dir: TensorBoard (``MBPO/*`` scalars, rsl-rl's own under ``ppo/``).
         start_policy: an earlier run's policy folder to continue from (:func:`load_start_policy`);
-            None: a fresh actor and critic.
+            its real reward (one guard rollout) is the best to beat, and roll-backs return to it
+            until an iteration does. None: a fresh actor and critic.
 
     Returns the policy with the best real reward, a history dict (per iteration: real steps,
     real / imagined reward per step, termination rates, model validation loss, wall time) and
@@ -235,6 +238,13 @@ def train(
         "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
     best: tuple[float, dict[str, Any] | None] = (-np.inf, None)  # best real reward, the runner's state (actor, critic, optimizer) then
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
+    if start_policy is not None:  # the policy continued from is the best so far until one beats it on MuJoCo
+        start = real_reward(task, MLPPolicy.from_rsl_rl(runner).cpu(), cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700)
+        guard_real_steps += start["steps"]
+        best = (start["reward"], copy.deepcopy(runner.alg.save()))
+        history["start_real_reward"] = [start["reward"]]
+        if progress:
+            print(f"[mbpo-ppo] start policy: reward/step real {start['reward']:.4f}, termination/step real {start['termination_rate']:.4f}")
     for it in range(cfg.iterations):
         # 1. collect with the current policy (the first iteration uses the data it was given)
         if it > 0 and not cfg.offline:

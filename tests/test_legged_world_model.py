@@ -305,7 +305,8 @@ def test_mbpo_ppo_resumes_from_an_earlier_runs_policy(tmp_path, monkeypatch):
     kept = MLPPolicy.load(tmp_path / "first").act(probe)
     assert not torch.allclose(starts[0][0], kept)  # PPO changed the fresh actor...
     assert main([*run, f"agent.resume={tmp_path / 'first'}", f"paths.policy={tmp_path / 'second'}"]) == 0
-    assert torch.allclose(starts[1][0], kept, atol=1e-6)  # ...and the second run started from the kept one
+    assert torch.allclose(starts[1][0], kept, atol=1e-6)  # ...and the second run started from the kept one,
+    assert "start_real_reward" in json.loads((tmp_path / "mbpo_ppo.json").read_text())  # whose real reward is the one to beat
     (tmp_path / "first" / "ppo_state.safetensors").unlink()  # the actor alone (e.g. a policy from elsewhere)
     assert main([*run, f"agent.resume={tmp_path / 'first'}", f"paths.policy={tmp_path / 'third'}"]) == 0
     assert torch.allclose(starts[2][0], kept, atol=1e-6) and not torch.allclose(starts[2][1], starts[1][1])  # fresh critic
