@@ -91,8 +91,9 @@ class MbpoPPOConfig:
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
     guard_envs: int = 32  # MuJoCo robots in the per-iteration real check
     guard_steps: int = 250  # steps of that check (5 s)
-    guard_gap: float = 1.0  # strike when imagined reward > real reward + guard_gap * max(|real|, 0.01)...
-    guard_drop: float = 0.5  # ...or real reward < best real - guard_drop * max(|best real|, 0.01)
+    guard_gap: float = 1.0  # strike when imagined reward > real reward + guard_gap * max(|real|, guard_floor)...
+    guard_drop: float = 0.5  # ...or real reward < best real - guard_drop * max(|best real|, guard_floor)
+    guard_floor: float = 0.005  # reward per step below which the margins stop shrinking (ANYmal: 0.017 walking)
     guard_patience: int = 3  # stop after this many strikes in a row
     val_fraction: float = 0.1
     ppo: dict[str, Any] = field(default_factory=dict)  # agents.ppo_rsl_rl.RslRlPPOConfig fields
@@ -103,10 +104,10 @@ class MbpoPPOConfig:
 def guard_strike(real: float, imagined: float, best_real: float, cfg: MbpoPPOConfig) -> str | None:
     """Why this iteration counts against the policy (mean rewards per step of the guard
     rollouts and the best real reward before it), or None. Margins are relative to the
-    reward's size with a floor of 0.01 per step, so a near-zero reward does not trip them."""
-    if imagined - real > cfg.guard_gap * max(abs(real), 0.01):
+    reward's size with a floor of ``guard_floor`` per step, so a near-zero reward does not trip them."""
+    if imagined - real > cfg.guard_gap * max(abs(real), cfg.guard_floor):
         return f"imagined reward {imagined:.4f} runs away from real {real:.4f}"
-    if real < best_real - cfg.guard_drop * max(abs(best_real), 0.01):
+    if real < best_real - cfg.guard_drop * max(abs(best_real), cfg.guard_floor):
         return f"real reward {real:.4f} fell below the best {best_real:.4f}"
     return None
 

@@ -47,6 +47,10 @@ def test_dataclass_from_names_unknown_keys():
     assert dataclass_from(C, {"a": 2}, "x").a == 2
     with pytest.raises(ConfigError, match=r"unknown x keys \['b'\]"):
         dataclass_from(C, {"b": 2}, "x")
+    from world_models.training import WorldModelTrainConfig  # a value the dataclass itself refuses
+
+    with pytest.raises(ConfigError, match="model.train: need 0 <= near_fall_fraction < 1"):
+        dataclass_from(WorldModelTrainConfig, {"near_fall_fraction": 1.5}, "model.train")
 
 
 def test_cli_reports_config_errors(capsys):

@@ -347,3 +347,10 @@ def test_exploitation_guard_stops_the_measured_anymal_run():
     assert gap_strikes == [False, True, False, False, False, False, False]  # never 3 in a row
     assert guard_strike(0.020, 0.021, 0.022, cfg) is None  # a small wobble around a good policy is no strike
     assert "runs away" in guard_strike(0.001, 0.05, 0.001, cfg)
+    # the resumed run rwm9: imagined 0.004-0.01 per step above a real reward near 0; the old
+    # floor of 0.01 struck once (iteration 3), the floor of 0.005 every iteration
+    real = [-0.0048, -0.0028, 0.0008, -0.0034, -0.0016, 0.0019, 0.0000]
+    imagined = [0.0042, 0.0059, 0.0071, 0.0083, 0.0083, 0.0093, 0.0098]
+    assert all(guard_strike(r, i, float("-inf"), cfg) is not None for r, i in zip(real, imagined))
+    old_floor = MbpoPPOConfig(guard_floor=0.01)
+    assert [guard_strike(r, i, float("-inf"), old_floor) is not None for r, i in zip(real, imagined)] == [False] * 3 + [True] + [False] * 3

@@ -138,4 +138,7 @@ def dataclass_from(cls: type[T], values: dict[str, Any] | None, where: str) -> T
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"unknown {where} keys {unknown}; valid: {sorted(fields)}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__)
+        raise ConfigError(f"{where}: {e}") from e

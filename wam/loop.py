@@ -248,11 +248,7 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
 
 def mbpo_config(cfg: dict[str, Any]) -> mbpo.MbpoConfig:
     """``agent.params`` as :class:`agents.mbpo.MbpoConfig` (unknown or bad keys: ConfigError)."""
-    try:
-        return dataclass_from(mbpo.MbpoConfig, {**(cfg["agent"]["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]},
-                              "agent.params")
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"agent.params: {e}") from e
+    return dataclass_from(mbpo.MbpoConfig, {**(cfg["agent"]["params"] or {}), "seed": cfg["seed"], "device": cfg["device"]}, "agent.params")
 
 
 def mbpo_model_kwargs(cfg: dict[str, Any], log_dir: str | None) -> dict[str, Any]:

@@ -47,6 +47,10 @@ class WorldModelTrainConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.near_fall_fraction < 1.0 or self.near_fall_steps < 1:
+            raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {self.near_fall_fraction}, {self.near_fall_steps}")
+
 
 @torch.no_grad()
 def _evaluate(model: WorldModel, batch: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
