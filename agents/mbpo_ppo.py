@@ -142,7 +142,6 @@ def load_start_policy(runner: OnPolicyRunner, folder: str | Path) -> str:
     """
     folder = Path(folder)
     policy = MLPPolicy.load(folder)  # checks the folder; the mean network when there is no runner state
-    actor, critic = runner.alg._raw_actor, runner.alg._raw_critic
     state_path = folder / RUNNER_STATE_FILE
     if state_path.is_file():
         try:
@@ -158,7 +157,7 @@ def load_start_policy(runner: OnPolicyRunner, folder: str | Path) -> str:
     fresh = MLPPolicy.from_rsl_rl(runner)
     if policy.config() | {"source": ""} != fresh.config() | {"source": ""}:
         raise PolicyFileError(f"{folder}: policy {policy.config()} does not fit this PPO's actor {fresh.config()}")
-    targets = [m for m in actor.mlp if isinstance(m, torch.nn.Linear)]
+    targets = [m for m in runner.alg._raw_actor.mlp if isinstance(m, torch.nn.Linear)]
     for src, dst in zip([m for m in policy.mlp if isinstance(m, torch.nn.Linear)], targets, strict=True):
         dst.weight.copy_(src.weight)
         dst.bias.copy_(src.bias)
