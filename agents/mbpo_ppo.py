@@ -62,7 +62,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
-from agents.policy import MLPPolicy, PolicyFileError
+from agents.policy import MLPPolicy, PolicyFileError, copy_linears, linear_layers
 from agents.ppo_rsl_rl import RslRlPPOConfig
 from tasks.locomotion.collect import collect_legged
 from wam_env.legged import ImaginedLeggedVecEnv
@@ -157,10 +157,7 @@ def load_start_policy(runner: OnPolicyRunner, folder: str | Path) -> str:
     fresh = MLPPolicy.from_rsl_rl(runner)
     if policy.config() | {"source": ""} != fresh.config() | {"source": ""}:
         raise PolicyFileError(f"{folder}: policy {policy.config()} does not fit this PPO's actor {fresh.config()}")
-    targets = [m for m in runner.alg._raw_actor.mlp if isinstance(m, torch.nn.Linear)]
-    for src, dst in zip([m for m in policy.mlp if isinstance(m, torch.nn.Linear)], targets, strict=True):
-        dst.weight.copy_(src.weight)
-        dst.bias.copy_(src.bias)
+    copy_linears(linear_layers(policy.mlp), linear_layers(runner.alg._raw_actor.mlp))
     return "actor mean (critic and action std fresh)"
 
 

@@ -309,7 +309,7 @@ class MLPPolicy(nn.Module):
             rms = vec_normalize.obs_rms
             net.obs_mean.copy_(torch.as_tensor(rms.mean, dtype=torch.float32))
             net.obs_std.copy_(torch.as_tensor(np.sqrt(rms.var + vec_normalize.epsilon), dtype=torch.float32))
-        _copy_linears(linears, net)
+        copy_linears(linears, linear_layers(net.mlp))
         return net.eval()
 
     @classmethod
@@ -362,7 +362,7 @@ class MLPPolicy(nn.Module):
         if actor.obs_normalization:
             net.obs_mean.copy_(normalizer._mean.squeeze(0))
             net.obs_std.copy_(normalizer._std.squeeze(0) + normalizer.eps)  # rsl-rl divides by (std + eps)
-        _copy_linears(linears, net)
+        copy_linears(linears, linear_layers(net.mlp))
         return net.eval()
 
 
@@ -411,9 +411,14 @@ def _activation_name(module: nn.Module) -> str:
     raise TypeError(f"unsupported activation {module!r}; supported (default parameters): {sorted(ACTIVATIONS)}")
 
 
+def linear_layers(mlp: nn.Module) -> list[nn.Linear]:
+    """The ``nn.Linear`` layers of an MLP, in order."""
+    return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+
+
 @torch.no_grad()
-def _copy_linears(linears: list[nn.Linear], policy: MLPPolicy) -> None:
-    targets = [m for m in policy.mlp if isinstance(m, nn.Linear)]
-    for src, dst in zip(linears, targets, strict=True):
-        dst.weight.copy_(src.weight)
-        dst.bias.copy_(src.bias)
+def copy_linears(src: Sequence[nn.Linear], dst: Sequence[nn.Linear]) -> None:
+    """Copy weights and biases layer by layer (same count and shapes: else an error)."""
+    for a, b in zip(src, dst, strict=True):
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)

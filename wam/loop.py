@@ -230,12 +230,9 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
         raise ConfigError(f"world model {model_path} was trained on task {extra.get('task')!r}, not {task.name!r}")
     train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
     t0 = time.perf_counter()
-    resume = a["resume"]
-    if resume is not None and not Path(resume).is_dir():
-        raise ConfigError(f"agent.resume={resume!r} is not a policy folder (an earlier run's <run_dir>/policy)")
     policy, history, runner_state = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
                                                    log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
-                                                   start_policy=resume)
+                                                   start_policy=a["resume"])  # not a policy folder: PolicyFileError
     history["train_seconds"] = time.perf_counter() - t0
     data = store.load()
     start = start_tensors(data)

@@ -217,6 +217,13 @@ def to_torch(data: dict[str, np.ndarray], device: str | torch.device = "cpu") ->
     return {k: torch.as_tensor(v, device=device) for k, v in data.items()}
 
 
+def check_near_fall(near_fall_fraction: float, near_fall_steps: int) -> None:
+    """Raise ValueError unless 0 <= ``near_fall_fraction`` < 1 and ``near_fall_steps`` >= 1
+    (:class:`WindowSampler`'s oversampling of windows before a termination)."""
+    if not 0.0 <= near_fall_fraction < 1.0 or near_fall_steps < 1:
+        raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {near_fall_fraction}, {near_fall_steps}")
+
+
 class WindowSampler:
     """Samples (history M, forecast N) windows from flat transitions, on one device.
 
@@ -240,8 +247,7 @@ class WindowSampler:
                  near_fall_fraction: float = 0.0, near_fall_steps: int = 50):
         if history < 0 or forecast < 1:
             raise ValueError(f"need history >= 0 and forecast >= 1, got {history}, {forecast}")
-        if not 0.0 <= near_fall_fraction < 1.0 or near_fall_steps < 1:
-            raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {near_fall_fraction}, {near_fall_steps}")
+        check_near_fall(near_fall_fraction, near_fall_steps)
         self.data = {k: data[k] for k in ("obs", "action", "next_obs", "reward", "terminated", "contacts") if k in data}
         self.device = self.data["obs"].device
         episode = data["episode"].to(self.device)

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from world_models.base import WorldModel
-from world_models.data import WindowSampler
+from world_models.data import WindowSampler, check_near_fall
 from world_models.heads import termination_metrics
 
 
@@ -48,8 +48,7 @@ class WorldModelTrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.near_fall_fraction < 1.0 or self.near_fall_steps < 1:
-            raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {self.near_fall_fraction}, {self.near_fall_steps}")
+        check_near_fall(self.near_fall_fraction, self.near_fall_steps)  # via dataclass_from: a ConfigError naming model.train
 
 
 @torch.no_grad()
