@@ -422,6 +422,29 @@ def test_gru_history_weight_adds_a_teacher_forced_history_term(pendulum):
     torch.testing.assert_close(losses[1.0]["loss"], losses[0.0]["loss"] + h)
 
 
+def test_gru_forecast_noise_scales_the_fed_back_samples(pendulum):
+    """forecast_noise 0 feeds the forecast the member's mean: with one member the loss no
+    longer depends on the random draws; 1 (the paper's samples) does. Out of [0, 1] is refused."""
+    train, _ = pendulum
+    batch = WindowSampler(train, SPEC.history, SPEC.forecast, seed=0).sample(32)
+    spread = {}
+    for noise in (0.0, 1.0):
+        model = small_model("rwm_gru", ensemble=1, forecast_noise=noise)
+        model.fit_normalizers(train)
+        with torch.no_grad():
+            model.max_logstd.fill_(0.0)  # wide predicted Gaussians: samples far from the mean
+            model.min_logstd.fill_(-0.5)
+        losses = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            losses.append(float(model.loss(batch)["dynamics_mse"]))
+        spread[noise] = abs(losses[0] - losses[1])
+        assert model.config()["forecast_noise"] == noise
+    assert spread[0.0] == 0.0 and spread[1.0] > 1e-3
+    with pytest.raises(ValueError, match="forecast_noise"):
+        small_model("rwm_gru", forecast_noise=1.5)
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_refit_normalizers_keeps_the_trained_function(name, trained, pendulum):
     """A warm start on grown data refits the statistics; the model must predict exactly what

@@ -37,6 +37,10 @@ class DualAutoregressiveGRU(StateDeltaModel):
         learn_reward / learn_termination: train :class:`TransitionHeads` for them.
         history_weight: weight of the teacher-forced one-step loss on the M history positions
             (0: forecast loss only, as the paper).
+        forecast_noise: scale of the reparameterized noise on the states the training forecast
+            feeds back (1: a full sample of the predicted Gaussian, as the paper; 0: the drawn
+            member's mean). Noise the loss must undo teaches the mean prediction to revert
+            any deviation, real tilts included (BENCHMARKS.md, issue 4).
     """
 
 
@@ -50,6 +54,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
         learn_reward: bool = True,
         learn_termination: bool = True,
         history_weight: float = 0.0,
+        forecast_noise: float = 1.0,
     ):
         super().__init__()
         if min(hidden, layers, head_hidden, ensemble) < 1:
@@ -57,7 +62,9 @@ class DualAutoregressiveGRU(StateDeltaModel):
                 f"hidden, layers, head_hidden, ensemble must be >= 1, got {hidden}, {layers}, {head_hidden}, {ensemble}"
             )
         self.hidden, self.layers, self.head_hidden, self.ensemble = hidden, layers, head_hidden, ensemble
-        self.history_weight = history_weight
+        if not 0.0 <= forecast_noise <= 1.0:
+            raise ValueError(f"forecast_noise must lie in [0, 1], got {forecast_noise}")
+        self.history_weight, self.forecast_noise = history_weight, forecast_noise
         self._init_state_delta(spec, learn_reward, learn_termination)
         D, A = spec.obs_dim, spec.action_dim
         self.gru = nn.GRU(D + A, hidden, layers, batch_first=True)
@@ -76,6 +83,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
             "learn_reward": self.has_reward_head,
             "learn_termination": self.has_termination_head,
             "history_weight": self.history_weight,
+            "forecast_noise": self.forecast_noise,
         }
 
     def flops_per_step(self, sample: bool = True) -> int:
@@ -197,7 +205,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
         obs / next_obs (B, L, D), action (B, L, A), valid / is_first (B, L), history M,
         L = M + N. History positions are teacher-forced (h cleared at ``is_first``, left
         unchanged on invalid positions); forecast positions feed the model its own
-        reparameterized samples from the second step on. Per forecast step, every member's
+        reparameterized samples (noise times ``forecast_noise``) from the second step on. Per forecast step, every member's
         Gaussian NLL + MSE of the next obs (normalized delta units, mean over D) is averaged
         over members and valid rows; the loss sums the steps, adds PETS' penalty on the
         learned log-std bounds, and the reward / termination head losses (trained on the real
@@ -241,7 +249,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
             mse_sum = mse_sum + masked_mean(err2.mean(-1).mean(0), valid[:, t])
             if t + 1 < L:
                 member = torch.randint(self.ensemble, (B,), device=obs.device)
-                delta = mean[member, rows] + logstd[member, rows].exp() * torch.randn_like(cur)
+                delta = mean[member, rows] + self.forecast_noise * logstd[member, rows].exp() * torch.randn_like(cur)
                 sample = cur + self.delta_normalizer.denormalize(delta)
                 cur = torch.where(valid[:, t + 1, None], sample, obs[:, t + 1])  # padding stays finite
         n = L - M
