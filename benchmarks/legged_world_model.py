@@ -98,6 +98,7 @@ def prediction(task: str, policy: Path | None, steps: int, hidden: int, seed: in
     gru = {"hidden": hidden, "learn_reward": False}
     runs = {"rwm_gru N=8": ("rwm_gru", 32, 8, gru, train, val),
             "rwm_gru N=8, history_weight 1": ("rwm_gru", 32, 8, {**gru, "history_weight": 1.0}, train, val),
+            "rwm_gru N=8, history_weight 1, forecast_noise 0": ("rwm_gru", 32, 8, {**gru, "history_weight": 1.0, "forecast_noise": 0.0}, train, val),
             "rwm_gru N=1 (teacher forced)": ("rwm_gru", 32, 1, gru, train, val),
             "mlp_ensemble": ("mlp_ensemble", 0, 1, {"learn_reward": False}, train, val)}
     if len(parts) > 1:  # the data mixture: the same model on the perturbed default-pose data alone
@@ -196,7 +197,7 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
     train, val = split_episodes(data, 0.1, seed=seed)
     spec = model_spec_from_data(legged_dataset_meta(task), train, 32, 8, dt=0.02)
     torch.manual_seed(seed)
-    model = build_model("rwm_gru", spec, hidden=hidden, learn_reward=False, history_weight=1.0)
+    model = build_model("rwm_gru", spec, hidden=hidden, learn_reward=False, history_weight=1.0, forecast_noise=0.0)  # the legged task configs
     metrics = train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(batch_size=256, max_steps=steps, eval_every=100, patience=10, seed=seed), progress=False)
     print(f"policy-eval model: {len(train['reward'])} train transitions, {metrics['train_seconds']:.0f} s, val loss {metrics['val_loss']:.3f}, "
           f"termination precision {metrics.get('termination_precision', float('nan')):.3f} recall {metrics.get('termination_recall', float('nan')):.3f}")
