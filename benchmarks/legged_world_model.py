@@ -54,6 +54,7 @@ from agents.policy import MLPPolicy
 from tasks.locomotion.collect import collect_legged, legged_dataset_meta
 from tasks.locomotion.registry import env_cfg
 from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
+from wam.config import load_config
 from wam_env.legged import ImaginedLeggedVecEnv
 from world_models import build_model, open_loop_error, train_world_model
 from world_models.checkpoint import load_checkpoint
@@ -197,7 +198,8 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
     train, val = split_episodes(data, 0.1, seed=seed)
     spec = model_spec_from_data(legged_dataset_meta(task), train, 32, 8, dt=0.02)
     torch.manual_seed(seed)
-    model = build_model("rwm_gru", spec, hidden=hidden, learn_reward=False, history_weight=1.0, forecast_noise=0.0)  # the legged task configs
+    params = {**load_config([f"task={task}", "model=rwm_gru"])["model"]["params"], "hidden": hidden}  # the task config's model
+    model = build_model("rwm_gru", spec, **params)
     metrics = train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(batch_size=256, max_steps=steps, eval_every=100, patience=10, seed=seed), progress=False)
     print(f"policy-eval model: {len(train['reward'])} train transitions, {metrics['train_seconds']:.0f} s, val loss {metrics['val_loss']:.3f}, "
           f"termination precision {metrics.get('termination_precision', float('nan')):.3f} recall {metrics.get('termination_recall', float('nan')):.3f}")
