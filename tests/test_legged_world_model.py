@@ -219,7 +219,7 @@ def test_imagined_rewards_are_the_tasks_terms_on_the_predicted_state():
     assert float(real.episode_sums["track_lin_vel_xy_exp"][0]) > 0.1 and float(real.episode_sums["feet_air_time"][0]) != 0.0
 
 
-def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path):
+def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path, capsys):
     r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
     assert main(["collect", *r, "steps=2000", "collect.num_envs=32"]) == 0
     assert main(["train-model", *r, "model.params.hidden=32", "model.params.head_hidden=32", "model.params.ensemble=2", "model.history=8",
@@ -235,7 +235,9 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path)
     # offline MOPO-PPO: no new real data, a penalty scaled to the reward
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.offline=true",
                  "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=8", "agent.params.guard_steps=10",
-                 "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.2"]) == 0
+                 "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.2", "model.params.forecast_noise=0.5"]) == 0
+    err = capsys.readouterr().err  # the trained model keeps its own params, and says which of the config's do not apply
+    assert "forecast_noise: checkpoint 0.0, config 0.5" in err and "hidden: checkpoint 32, config 128" in err
     offline = json.loads((tmp_path / "mbpo_ppo.json").read_text())
     assert offline["real_steps"] == [2656.0, 2656.0] and len(TransitionStore(tmp_path / "data")) == 2656
     assert all(lam > 0 for lam in offline["uncertainty_lambda"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,20 @@ def run_train_pixel_model(cfg: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     return model, metrics
 
 
+def report_model_params(cfg: dict[str, Any], model: Any, path: str | Path) -> list[str]:
+    """A trained checkpoint keeps the params it was built and trained with: print to stderr
+    which of the experiment's ``model.params`` differ from those of ``model`` (loaded from
+    ``path``) and so do not apply, and return them as ``"key: checkpoint X, config Y"``."""
+    if not hasattr(model, "config"):
+        return []
+    trained, wanted = model.config(), cfg["model"].get("params") or {}
+    differ = [f"{k}: checkpoint {trained[k]!r}, config {wanted[k]!r}" for k in sorted(wanted) if k in trained and trained[k] != wanted[k]]
+    if differ:
+        print(f"wam: world model {path} keeps the params it was trained with; these model.params do not apply: "
+              + "; ".join(differ), file=sys.stderr)
+    return differ
+
+
 def make_imagined_env(cfg: dict[str, Any], model=None) -> ImaginedVecEnv | ImaginedLeggedVecEnv:
     """The batched imagined env the agent trains in (``agent.num_envs`` envs)."""
     a = cfg["agent"]
@@ -200,6 +215,8 @@ def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLP
     if cfg["train_on"] not in ("imagined", "real"):
         raise ConfigError(f"train_on must be 'imagined' or 'real', got {cfg['train_on']!r}")
     env = make_imagined_env(cfg) if cfg["train_on"] == "imagined" else make_real_train_env(cfg)
+    if cfg["train_on"] == "imagined":
+        report_model_params(cfg, env.model, run_path(cfg, "model", "world_model"))
     t0 = time.perf_counter()
     policy, curve = train(env, agent_cfg, log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"])
     curve["train_seconds"] = time.perf_counter() - t0
@@ -228,6 +245,7 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
     model, extra, _ = load_checkpoint(model_path, device=cfg["device"])
     if extra.get("task") != task.name:
         raise ConfigError(f"world model {model_path} was trained on task {extra.get('task')!r}, not {task.name!r}")
+    report_model_params(cfg, model, model_path)
     train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
     t0 = time.perf_counter()
     policy, history, runner_state = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
