@@ -49,8 +49,10 @@ def test_dataclass_from_names_unknown_keys():
         dataclass_from(C, {"b": 2}, "x")
     from world_models.training import WorldModelTrainConfig  # a value the dataclass itself refuses
 
-    with pytest.raises(ConfigError, match="model.train: need 0 <= near_fall_fraction < 1"):
+    with pytest.raises(ConfigError, match="model.train: need 0 <= near_fall_fraction"):
         dataclass_from(WorldModelTrainConfig, {"near_fall_fraction": 1.5}, "model.train")
+    with pytest.raises(ConfigError, match=r"near_fall_fraction \+ recent_fraction < 1"):
+        dataclass_from(WorldModelTrainConfig, {"near_fall_fraction": 0.5, "recent_fraction": 0.5}, "model.train")
 
 
 def test_cli_reports_config_errors(capsys):

@@ -129,6 +129,22 @@ def test_window_sampler_oversamples_windows_before_a_termination():
         WindowSampler(data, 2, 3, near_fall_fraction=1.0)
 
 
+def test_window_sampler_oversamples_the_newest_transitions():
+    """recent_fraction 0.5 of each batch starts among the newest recent_transitions (data in
+    collection order), on top of the uniform draws; 10% of the data: 0.5 + 0.5 * 0.1 = 55%."""
+    n = 2000
+    data = {"obs": torch.arange(n, dtype=torch.float32)[:, None], "action": torch.zeros(n, 1), "next_obs": torch.zeros(n, 1),
+            "reward": torch.zeros(n), "episode": torch.arange(n) // 100}
+
+    def recent_share(sampler: WindowSampler) -> float:
+        return float((sampler.sample(8000)["obs"][:, sampler.history, 0] >= n - 200).float().mean())
+
+    assert recent_share(WindowSampler(data, 2, 3, seed=0)) == pytest.approx(0.1, abs=0.02)
+    assert recent_share(WindowSampler(data, 2, 3, seed=0, recent_fraction=0.5, recent_transitions=200)) == pytest.approx(0.55, abs=0.02)
+    with pytest.raises(ValueError, match="recent_transitions >= 1"):
+        WindowSampler(data, 2, 3, recent_fraction=0.5, recent_transitions=0)
+
+
 def test_split_and_spec(pendulum_transitions):
     train, val = split_episodes(pendulum_transitions, 0.2, seed=0)
     assert set(np.unique(train["episode"])).isdisjoint(np.unique(val["episode"]))

@@ -217,11 +217,16 @@ def to_torch(data: dict[str, np.ndarray], device: str | torch.device = "cpu") ->
     return {k: torch.as_tensor(v, device=device) for k, v in data.items()}
 
 
-def check_near_fall(near_fall_fraction: float, near_fall_steps: int) -> None:
-    """Raise ValueError unless 0 <= ``near_fall_fraction`` < 1 and ``near_fall_steps`` >= 1
-    (:class:`WindowSampler`'s oversampling of windows before a termination)."""
-    if not 0.0 <= near_fall_fraction < 1.0 or near_fall_steps < 1:
-        raise ValueError(f"need 0 <= near_fall_fraction < 1 and near_fall_steps >= 1, got {near_fall_fraction}, {near_fall_steps}")
+def check_oversampling(near_fall_fraction: float, near_fall_steps: int, recent_fraction: float = 0.0, recent_transitions: int = 1) -> None:
+    """Raise ValueError unless :class:`WindowSampler`'s oversampling is valid: shares
+    ``near_fall_fraction`` (windows before a termination) and ``recent_fraction`` (windows in
+    the newest transitions) each >= 0 and together < 1, ``near_fall_steps`` and
+    ``recent_transitions`` >= 1."""
+    if (min(near_fall_fraction, recent_fraction) < 0.0 or near_fall_fraction + recent_fraction >= 1.0
+            or near_fall_steps < 1 or recent_transitions < 1):
+        raise ValueError(f"need 0 <= near_fall_fraction, 0 <= recent_fraction, near_fall_fraction + recent_fraction < 1, "
+                         f"near_fall_steps >= 1 and recent_transitions >= 1; got {near_fall_fraction}, {recent_fraction}, "
+                         f"{near_fall_steps}, {recent_transitions}")
 
 
 class WindowSampler:
@@ -241,13 +246,19 @@ class WindowSampler:
     that lie fewer than ``near_fall_steps`` transitions before a termination of their episode
     (the rest uniformly from all): falls are rare (< 0.5% of legged transitions), and a model
     trained on uniform windows learns that the robot stays upright.
+
+    ``recent_fraction`` r > 0 draws r of every batch uniformly from the forecast starts among
+    the newest ``recent_transitions`` transitions (the data are in collection order): in MBPO
+    the latest policy's data are a few percent of all data, and a warm-started model sees them
+    too rarely to learn the new gait before the policy exploits it.
     """
 
     def __init__(self, data: dict[str, torch.Tensor], history: int, forecast: int, seed: int = 0,
-                 near_fall_fraction: float = 0.0, near_fall_steps: int = 50):
+                 near_fall_fraction: float = 0.0, near_fall_steps: int = 50,
+                 recent_fraction: float = 0.0, recent_transitions: int = 20_000):
         if history < 0 or forecast < 1:
             raise ValueError(f"need history >= 0 and forecast >= 1, got {history}, {forecast}")
-        check_near_fall(near_fall_fraction, near_fall_steps)
+        check_oversampling(near_fall_fraction, near_fall_steps, recent_fraction, recent_transitions)
         self.data = {k: data[k] for k in ("obs", "action", "next_obs", "reward", "terminated", "contacts") if k in data}
         self.device = self.data["obs"].device
         episode = data["episode"].to(self.device)
@@ -271,6 +282,8 @@ class WindowSampler:
             last = self.ep_end - 1  # the episode's last transition
             ends_in_fall = data["terminated"].to(self.device).bool()[last]
             self.near_fall = idx[ends_in_fall & (last - idx < near_fall_steps)]
+        self.recent_fraction = recent_fraction
+        self.recent = idx[-recent_transitions:]  # the newest forecast starts (k,)
 
     def __len__(self) -> int:
         return self.ep_start.shape[0]
@@ -294,6 +307,10 @@ class WindowSampler:
         if k:
             pick = torch.randint(0, self.near_fall.numel(), (k,), device=self.device, generator=self.generator)
             start[:k] = self.near_fall[pick]
+        r = round(self.recent_fraction * batch_size)
+        if r:
+            pick = torch.randint(0, self.recent.numel(), (r,), device=self.device, generator=self.generator)
+            start[k:k + r] = self.recent[pick]
         return self.window(start)
 
 

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from world_models.base import WorldModel
-from world_models.data import WindowSampler, check_near_fall
+from world_models.data import WindowSampler, check_oversampling
 from world_models.heads import termination_metrics
 
 
@@ -30,6 +30,9 @@ class WorldModelTrainConfig:
         near_fall_fraction / near_fall_steps: share of every training batch drawn from the
             windows whose forecast starts fewer than ``near_fall_steps`` transitions before a
             termination (:class:`~world_models.data.WindowSampler`); 0: uniform windows.
+        recent_fraction / recent_transitions: share of every training batch drawn from the
+            windows that start in the newest ``recent_transitions`` transitions (MBPO: the
+            latest collection); 0: uniform windows.
         seed: seeds the samplers, initialisation noise and the loss's sampling.
         device: where the model trains.
     """
@@ -44,11 +47,13 @@ class WorldModelTrainConfig:
     val_windows: int = 1024
     near_fall_fraction: float = 0.0
     near_fall_steps: int = 50
+    recent_fraction: float = 0.0
+    recent_transitions: int = 20_000
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        check_near_fall(self.near_fall_fraction, self.near_fall_steps)  # via dataclass_from: a ConfigError naming model.train
+        check_oversampling(self.near_fall_fraction, self.near_fall_steps, self.recent_fraction, self.recent_transitions)  # via dataclass_from: a ConfigError naming model.train
 
 
 @torch.no_grad()
@@ -89,7 +94,7 @@ def train_world_model(
         model.fit_normalizers(train)
     spec = model.spec
     sampler = WindowSampler(train, spec.history, spec.forecast, seed=cfg.seed, near_fall_fraction=cfg.near_fall_fraction,
-                            near_fall_steps=cfg.near_fall_steps)
+                            near_fall_steps=cfg.near_fall_steps, recent_fraction=cfg.recent_fraction, recent_transitions=cfg.recent_transitions)
     val_sampler = WindowSampler(val, spec.history, spec.forecast, seed=cfg.seed + 1)
     val_batch = val_sampler.sample(min(cfg.val_windows, len(val_sampler)))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
