@@ -244,6 +244,11 @@ class ImaginedVecEnv(gym.vector.VectorEnv):
         self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.carry: Carry | None = None
 
+    @property
+    def model(self) -> WorldModel:
+        """The world model the envs step (as :class:`~wam_env.legged.ImaginedLeggedVecEnv`'s ``model``)."""
+        return self.imagination.model
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[torch.Tensor, dict]:
         """Start every env (or those in ``options["reset_mask"]`` (N,) bool) from real states."""
         if seed is not None:
