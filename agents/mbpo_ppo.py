@@ -194,6 +194,7 @@ def train(
     log_dir: str | None = None,
     progress: bool = True,
     start_policy: str | Path | None = None,
+    on_iteration: Callable[[MLPPolicy, dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> tuple[MLPPolicy, dict[str, Any], dict[str, Any]]:
     """Run MBPO-PPO from the real ``data`` (flat legged transitions, e.g. perturbed default-pose
     collection) and a world ``model`` already trained on it.
@@ -208,6 +209,9 @@ def train(
         start_policy: an earlier run's policy folder to continue from (:func:`load_start_policy`);
             its real reward (one guard rollout) is the best to beat, and roll-backs return to it
             until an iteration does. None: a fresh actor and critic.
+        on_iteration: called after every iteration with what the loop would return if it
+            stopped there (best policy, history so far, its runner state): a run stopped for
+            time keeps its progress.
 
     Returns the policy with the best real reward, a history dict (per iteration: real steps,
     real / imagined reward per step, termination rates, model validation loss, wall time) and
@@ -239,6 +243,7 @@ def train(
         start = real_reward(task, MLPPolicy.from_rsl_rl(runner).cpu(), cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700)
         guard_real_steps += start["steps"]
         best = (start["reward"], copy.deepcopy(runner.alg.save()))
+        best_policy = MLPPolicy.from_rsl_rl(runner).cpu()
         history["start_real_reward"] = [start["reward"]]
         if progress:
             print(f"[mbpo-ppo] start policy: reward/step real {start['reward']:.4f}, termination/step real {start['termination_rate']:.4f}")
@@ -299,6 +304,7 @@ def train(
         reason = guard_strike(real["reward"], imag["reward"], best[0], cfg)  # best -inf at first: no drop strike
         if real["reward"] > best[0]:
             best = (real["reward"], copy.deepcopy(runner.alg.save()))
+            best_policy = policy
         strikes = strikes + 1 if reason is not None else 0
         history["rolled_back"].append(float(reason is not None))  # at the next iteration, after its collection
         if reason is not None and progress:
@@ -307,6 +313,9 @@ def train(
             if progress:
                 print(f"[mbpo-ppo] {reason} ({strikes} iterations in a row): stopping, best policy kept")
             history["stopped_by_guard"] = [float(it)]
+        if on_iteration is not None:
+            on_iteration(best_policy, {**history, "guard_real_steps": [float(guard_real_steps)]}, best[1])
+        if strikes >= cfg.guard_patience:
             break
     if writer is not None:
         writer.close()

@@ -270,8 +270,16 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
         learn(self, *args, **kwargs)
         ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
 
+    saved, save_state = [], mbpo_ppo.save_runner_state
+
+    def save_spy(folder, state):
+        out = save_state(folder, state)
+        saved.append(MLPPolicy.load(folder).act(probe))
+        return out
+
     monkeypatch.setattr(mbpo_ppo, "collect_legged", collect_spy)
     monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    monkeypatch.setattr(mbpo_ppo, "save_runner_state", save_spy)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
                  "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
                  "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4"]) == 0
@@ -279,6 +287,7 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     assert history["rolled_back"] == [0.0, 1.0, 0.0]
     assert torch.equal(collected[1], ends[1])  # iteration 2 collected with the policy that struck...
     assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # ...and PPO resumed from iteration 0's
+    assert len(saved) == 4 and all(torch.equal(a, ends[0]) for a in saved)  # saved after every iteration and at the end: the best so far
 
 
 def test_mbpo_ppo_resumes_from_an_earlier_runs_policy(tmp_path, monkeypatch):

@@ -227,9 +227,10 @@ def run_train_policy(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLP
 def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPolicy, dict[str, Any]]:
     """MBPO-PPO (``agent=mbpo_ppo``) on a legged task: starts from the dataset at ``paths.data``
     and the world model at ``paths.model`` (``wam collect`` / ``wam train-model`` first), appends
-    every new real batch to the dataset, saves the improved model back and the policy to
-    ``paths.policy`` (with the PPO actor and critic beside it, ``ppo_state.safetensors``); the
-    per-iteration history goes to ``<run_dir>/mbpo_ppo.json``. ``agent.resume``: an earlier
+    every new real batch to the dataset and, after every iteration, saves the improved model
+    back and the best policy so far to ``paths.policy`` (with the PPO actor and critic beside
+    it, ``ppo_state.safetensors``) and the per-iteration history to ``<run_dir>/mbpo_ppo.json``,
+    so a run stopped for time keeps its progress. ``agent.resume``: an earlier
     run's policy folder for PPO to continue from."""
     from world_models.checkpoint import load_checkpoint
 
@@ -248,16 +249,19 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
     report_model_params(cfg, model, model_path)
     train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
     t0 = time.perf_counter()
+
+    def save(policy: MLPPolicy, history: dict[str, Any], runner_state: dict[str, Any]) -> None:
+        """Model, best policy with its PPO state, and history: after every iteration and at the end."""
+        save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start_tensors(store.load()))
+        mbpo_ppo.save_runner_state(policy.save(run_path(cfg, "policy", "policy")), runner_state)
+        history = {**history, "train_seconds": time.perf_counter() - t0}
+        (Path(cfg["run_dir"]) / "mbpo_ppo.json").write_text(json.dumps(history, indent=2).replace("NaN", "null"))
+
     policy, history, runner_state = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
                                                    log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
-                                                   start_policy=a["resume"])  # not a policy folder: PolicyFileError
+                                                   start_policy=a["resume"], on_iteration=save)  # not a policy folder: PolicyFileError
+    save(policy, history, runner_state)
     history["train_seconds"] = time.perf_counter() - t0
-    data = store.load()
-    start = start_tensors(data)
-    save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
-    mbpo_ppo.save_runner_state(policy.save(run_path(cfg, "policy", "policy")), runner_state)
-    out = Path(cfg["run_dir"]) / "mbpo_ppo.json"
-    out.write_text(json.dumps(history, indent=2).replace("NaN", "null"))
     return policy, history
 
 
