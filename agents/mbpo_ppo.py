@@ -240,10 +240,10 @@ def train(
     best: tuple[float, dict[str, Any] | None] = (-np.inf, None)  # best real reward, the runner's state (actor, critic, optimizer) then
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
     if start_policy is not None:  # the policy continued from is the best so far until one beats it on MuJoCo
-        start = real_reward(task, MLPPolicy.from_rsl_rl(runner).cpu(), cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700)
+        best_policy = MLPPolicy.from_rsl_rl(runner).cpu()
+        start = real_reward(task, best_policy, cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700)
         guard_real_steps += start["steps"]
         best = (start["reward"], copy.deepcopy(runner.alg.save()))
-        best_policy = MLPPolicy.from_rsl_rl(runner).cpu()
         history["start_real_reward"] = [start["reward"]]
         if progress:
             print(f"[mbpo-ppo] start policy: reward/step real {start['reward']:.4f}, termination/step real {start['termination_rate']:.4f}")

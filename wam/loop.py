@@ -26,6 +26,7 @@ from tasks.collect import collect, dataset_meta, make_real_vec_env, random_polic
 from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
+from world_models.base import WorldModel
 from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
 from world_models.pixel.frames import FrameStore, frame_model_spec
 from world_models.pixel.training import PixelTrainConfig, train_pixel_model
@@ -158,12 +159,10 @@ def run_train_pixel_model(cfg: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     return model, metrics
 
 
-def report_model_params(cfg: dict[str, Any], model: Any, path: str | Path) -> list[str]:
+def report_model_params(cfg: dict[str, Any], model: WorldModel, path: str | Path) -> list[str]:
     """A trained checkpoint keeps the params it was built and trained with: print to stderr
     which of the experiment's ``model.params`` differ from those of ``model`` (loaded from
     ``path``) and so do not apply, and return them as ``"key: checkpoint X, config Y"``."""
-    if not hasattr(model, "config"):
-        return []
     trained, wanted = model.config(), cfg["model"].get("params") or {}
     differ = [f"{k}: checkpoint {trained[k]!r}, config {wanted[k]!r}" for k in sorted(wanted) if k in trained and trained[k] != wanted[k]]
     if differ:
