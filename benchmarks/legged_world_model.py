@@ -26,12 +26,14 @@
   rates of both, and the termination head's precision / recall on the real transitions;
   Pearson also over the held-out checkpoints alone.
 
-- ``reward-audit``: for each checkpoint given (``--checkpoints`` files or folders), the
-  deterministic policy's mean reward per step of every reward term, and terminations per
-  step, on MuJoCo and in imagination with ``--model`` (sampled and mean prediction; episodes
-  of 100 steps from real states at least 1 s before a real fall; 64 robots x 250 steps each;
-  sampled with terms on the sample, sampled with terms on the ensemble mean (``score_mean``), mean):
-  which terms the model gets wrong.
+- ``reward-audit``: for each checkpoint given (``--checkpoints``: rsl-rl ``.pt`` files, folders
+  of them, or wam policy folders), the deterministic policy's mean reward per step of every
+  reward term, and terminations per step, on MuJoCo and in imagination with ``--model``
+  (sampled and mean prediction; episodes of ``--horizon`` = 100 steps from real states at
+  least 1 s before a real fall; 64 robots x 250 steps each; sampled with terms on the sample,
+  sampled with terms on the ensemble mean (``score_mean``), mean): which terms the model gets
+  wrong. On MuJoCo, ``joint_acc_l2`` terms are also scored with the acceleration imagination
+  computes, the velocity change over the 20 ms control step, beside MuJoCo's ``qacc``.
 
 Results go to ``runs/benchmarks/<task>_<part>.json``; tables are printed as in BENCHMARKS.md.
 """
@@ -40,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ import torch
 from prediction_error import ZeroDelta
 
 from agents.policy import MLPPolicy
+from tasks.locomotion import mdp
 from tasks.locomotion.collect import collect_legged, legged_dataset_meta
 from tasks.locomotion.registry import env_cfg
 from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
@@ -270,8 +275,35 @@ def _metered(env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv) -> dict[str, floa
     return sums
 
 
-def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_data: Path | None, envs: int, steps: int, seed: int) -> dict[str, Any]:
-    files = [f for c in checkpoints for f in (checkpoint_files([c]) if c.is_dir() else [c])]
+def _control_step_joint_acc(env: LeggedVelocityVecEnv) -> tuple[dict[str, float], Callable[[torch.Tensor], None]]:
+    """Meter MuJoCo's ``joint_acc_l2`` terms a second time with the joint acceleration the
+    imagined env can compute, (v_t+1 - v_t) / control dt, instead of MuJoCo's ``qacc`` at the
+    last physics substep. Returns the sums (key ``<term> (control-step)``) and a function to
+    call after every ``env.step`` with its ``terminated | truncated`` (N,) (envs that reset in
+    that step are left out)."""
+    terms = {k: (fn, w, p) for k, (fn, w, p) in env._rewards.items() if fn is mdp.joint_acc_l2}
+    sums = {f"{k} (control-step)": 0.0 for k in terms}
+    prev = {"vel": env.state.joint_vel.clone()}
+
+    def after_step(done: torch.Tensor) -> None:
+        s = env.state
+        fd = dataclasses.replace(s, joint_acc=(s.joint_vel - prev["vel"]) / env.step_dt)
+        keep = ~done.cpu()
+        for k, (fn, w, p) in terms.items():
+            sums[f"{k} (control-step)"] += float(fn(fd, **p)[keep].sum()) / len(keep) * w * env.step_dt
+        prev["vel"] = s.joint_vel.clone()
+
+    return sums, after_step
+
+
+def _audit_policy(path: Path, env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv) -> MLPPolicy:
+    """A wam policy folder (``policy.json``) or an rsl-rl ``model_<it>.pt``."""
+    return MLPPolicy.load(path) if (path / "policy.json").is_file() else load_rsl_rl_policy(path, env)
+
+
+def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_data: Path | None, envs: int, steps: int, seed: int,
+                 horizon: int = 100) -> dict[str, Any]:
+    files = [f for c in checkpoints for f in ([c] if (c / "policy.json").is_file() else checkpoint_files([c]) if c.is_dir() else [c])]
     rows: dict[str, Any] = {}
     for f in files:
         row = {}
@@ -281,20 +313,24 @@ def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_dat
             else:
                 env = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=side != "imagined_mean",
                                            score_mean=side == "imagined_sampled_scored_on_mean",
-                                           start_data=None if start_data is None else str(start_data), max_episode_steps=100)
-            policy = load_rsl_rl_policy(f, env)
-            sums = _metered(env)
+                                           start_data=None if start_data is None else str(start_data), max_episode_steps=horizon)
+            policy = _audit_policy(f, env)
             obs, _ = env.reset(seed=seed)
+            extra, after_step = _control_step_joint_acc(env) if side == "real" else ({}, None)
+            sums = _metered(env)
             terminations = 0.0
             for _ in range(steps):
-                obs, _, terminated, _, _ = env.step(policy.act(obs).clamp(-10, 10))
+                obs, _, terminated, truncated, _ = env.step(policy.act(obs).clamp(-10, 10))
                 terminations += float(terminated.float().mean())
-            row[side] = {**{k: v / steps for k, v in sums.items()}, "total": sum(sums.values()) / steps, "terminations": terminations / steps}
+                if after_step is not None:
+                    after_step(terminated | truncated)
+            row[side] = {**{k: v / steps for k, v in sums.items()}, "total": sum(sums.values()) / steps, "terminations": terminations / steps,
+                         **{k: v / steps for k, v in extra.items()}}
             env.close()
         rows[str(f)] = row
         print(f"{f}  (reward per step: MuJoCo | imagined sampled | sampled, scored on the mean | imagined mean)")
         for k in row["real"]:
-            print(f"  {k:24s} " + " | ".join(f"{row[side][k]:+.5f}" for side in row))
+            print(f"  {k:30s} " + " | ".join(f"{row[side][k]:+.5f}" if k in row[side] else "–" for side in row))
     return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps}
 
 
@@ -304,14 +340,14 @@ def main() -> None:
     parser.add_argument("--task", default="anymal_c_flat", choices=("anymal_c_flat", "g1_flat"))
     parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
     parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
-    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files; reward-audit: files or folders")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files; reward-audit: those, .pt files or wam policy folders")
     parser.add_argument("--steps", type=int, default=1000, help="prediction / policy-eval without --model: gradient steps per model")
     parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--start-data", type=Path, default=None, help="reward-audit: dataset folder to start imagined episodes from (default: the checkpoint's)")
     parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
     parser.add_argument("--horizon", type=int, default=100,
-                        help="policy-eval: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
+                        help="policy-eval / reward-audit: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -323,7 +359,7 @@ def main() -> None:
     elif args.part == "reward-audit":
         if args.model is None:
             parser.error("reward-audit needs --model")
-        result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed)
+        result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed, horizon=args.horizon)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
                              sample=args.sample, horizon=args.horizon)
