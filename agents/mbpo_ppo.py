@@ -15,8 +15,9 @@ One outer iteration:
    restart from real states as time-outs (PPO bootstraps them with its value): the model's
    open-loop error grows past a few dozen steps, so a 20 s (1,000-step) imagined episode
    would teach PPO the model's drift rather than the robot;
-4. **exploitation guard**: the deterministic policy is run for ``guard_steps`` steps on
-   ``guard_envs`` MuJoCo robots and in imagination from real start states; the mean reward
+4. **exploitation guard**: the deterministic policy is run for ``guard_steps`` steps (default:
+   a whole episode) on ``guard_envs`` MuJoCo robots and for one imagined episode
+   (``imagination_horizon`` steps) on every imagined robot from real start states; the mean reward
    per step of both is logged (``MBPO/real_reward``, ``MBPO/imagined_reward``). The policy
    with the best real reward is kept. An iteration is a strike (:func:`guard_strike`) when
    the imagined reward exceeds the real one by more than ``guard_gap`` (relative, with a
@@ -78,7 +79,7 @@ class MbpoPPOConfig:
 
     iterations: int = 10  # outer iterations (collect -> model -> policy -> guard)
     steps_per_iteration: int = 20_000  # real steps collected per iteration with the policy
-    collect_envs: int = 64  # MuJoCo robots stepped together while collecting
+    collect_envs: int = 20  # MuJoCo robots stepped together while collecting (20 x 1,000 steps: whole 20 s episodes)
     collect_noise: float = 0.3  # Gaussian action noise (action units) while collecting
     model_train_steps: int = 400  # world-model gradient steps per iteration (warm start)
     model_batch_size: int = 256
@@ -89,8 +90,8 @@ class MbpoPPOConfig:
     sample: bool = False  # sample the model's predictive distribution in imagination (False: its mean; DESIGN.md)
     offline: bool = False  # MOPO-PPO: no collection after the initial dataset
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
-    guard_envs: int = 32  # MuJoCo robots in the per-iteration real check
-    guard_steps: int = 250  # steps of that check (5 s)
+    guard_envs: int = 16  # MuJoCo robots in the per-iteration real check
+    guard_steps: int = 1000  # steps of that check (20 s, a whole episode: 5 s missed gaits that fall after 6 s)
     guard_gap: float = 1.0  # strike when imagined reward > real reward + guard_gap * max(|real|, guard_floor)...
     guard_drop: float = 0.5  # ...or real reward < best real - guard_drop * max(|best real|, guard_floor)
     guard_floor: float = 0.005  # reward per step below which the margins stop shrinking (ANYmal: 0.017 walking)
@@ -288,7 +289,7 @@ def train(
         # 4. exploitation guard: the same deterministic policy in imagination and on MuJoCo
         policy = MLPPolicy.from_rsl_rl(runner).cpu()
         penalty, env.uncertainty_penalty = env.uncertainty_penalty, 0.0
-        imag = imagined_reward(env, policy, cfg.guard_steps, seed=cfg.seed + 500 + it)
+        imag = imagined_reward(env, policy, cfg.imagination_horizon, seed=cfg.seed + 500 + it)
         env.uncertainty_penalty = penalty
         real = real_reward(task, policy, cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700 + it)
         guard_real_steps += real["steps"]
