@@ -296,14 +296,18 @@ def _control_step_joint_acc(env: LeggedVelocityVecEnv) -> tuple[dict[str, float]
     return sums, after_step
 
 
+def _is_policy_folder(path: Path) -> bool:
+    return (path / "policy.json").is_file()
+
+
 def _audit_policy(path: Path, env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv) -> MLPPolicy:
     """A wam policy folder (``policy.json``) or an rsl-rl ``model_<it>.pt``."""
-    return MLPPolicy.load(path) if (path / "policy.json").is_file() else load_rsl_rl_policy(path, env)
+    return MLPPolicy.load(path) if _is_policy_folder(path) else load_rsl_rl_policy(path, env)
 
 
 def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_data: Path | None, envs: int, steps: int, seed: int,
                  horizon: int = 100) -> dict[str, Any]:
-    files = [f for c in checkpoints for f in ([c] if (c / "policy.json").is_file() else checkpoint_files([c]) if c.is_dir() else [c])]
+    files = [f for c in checkpoints for f in (checkpoint_files([c]) if c.is_dir() and not _is_policy_folder(c) else [c])]
     rows: dict[str, Any] = {}
     for f in files:
         row = {}

@@ -27,7 +27,7 @@ from wam.config import ConfigError, dataclass_from
 from wam_env import ImaginedLeggedVecEnv, ImaginedVecEnv
 from world_models import build_model, save_checkpoint
 from world_models.base import WorldModel
-from world_models.data import DatasetError, TransitionStore, model_spec_from_data, split_episodes, to_torch
+from world_models.data import DatasetError, TransitionStore, load_chunks, model_spec_from_data, split_episodes, to_torch
 from world_models.pixel.frames import FrameStore, frame_model_spec
 from world_models.pixel.training import PixelTrainConfig, train_pixel_model
 from world_models.training import WorldModelTrainConfig, train_world_model
@@ -248,15 +248,23 @@ def run_mbpo_ppo(cfg: dict[str, Any], log_name: str = "policy") -> tuple[MLPPoli
     report_model_params(cfg, model, model_path)
     train_cfg = dataclass_from(WorldModelTrainConfig, {**cfg["model"]["train"], "seed": cfg["seed"], "device": cfg["device"]}, "model.train")
     t0 = time.perf_counter()
+    data = store.load()
+    start = start_tensors(data)  # the checkpoint's start states: the stored tail, kept current without re-reading the dataset
+
+    def append(new: dict[str, np.ndarray]) -> None:
+        nonlocal start
+        store.append(new)
+        chunk = start_tensors(load_chunks(store.path, store.meta["chunks"][-1:], store.fields, "dataset"))  # as stored (sorted, renumbered)
+        start = {k: torch.cat([v, chunk[k]])[-START_DATA_LIMIT:] for k, v in start.items()}
 
     def save(policy: MLPPolicy, history: dict[str, Any], runner_state: dict[str, Any]) -> None:
         """Model, best policy with its PPO state, and history: after every iteration and at the end."""
-        save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start_tensors(store.load()))
+        save_checkpoint(model, model_path, extra={**extra, "mbpo_ppo": True}, tensors=start)
         mbpo_ppo.save_runner_state(policy.save(run_path(cfg, "policy", "policy")), runner_state)
         history = {**history, "train_seconds": time.perf_counter() - t0}
         (Path(cfg["run_dir"]) / "mbpo_ppo.json").write_text(json.dumps(history, indent=2).replace("NaN", "null"))
 
-    policy, history, runner_state = mbpo_ppo.train(task.name, model, store.load(), agent_cfg, train_cfg, append=store.append,
+    policy, history, runner_state = mbpo_ppo.train(task.name, model, data, agent_cfg, train_cfg, append=append,
                                                    log_dir=str(Path(cfg["run_dir"]) / "tb" / log_name), progress=cfg["progress"],
                                                    start_policy=a["resume"], on_iteration=save)  # not a policy folder: PolicyFileError
     save(policy, history, runner_state)
