@@ -66,6 +66,8 @@ from safetensors.torch import save as safetensors_save
 from agents.policy import MLPPolicy, PolicyFileError, copy_linears, linear_layers
 from agents.ppo_rsl_rl import RslRlPPOConfig
 from tasks.locomotion.collect import collect_legged
+from tasks.locomotion.registry import env_cfg
+from tasks.locomotion.robots import PHYSICS_DT
 from wam_env.legged import ImaginedLeggedVecEnv
 from wam_env.rsl_rl import RslRlVecEnvAdapter
 from world_models.base import WorldModel
@@ -88,6 +90,7 @@ class MbpoPPOConfig:
     num_envs: int = 4096  # imagined robots (RWM: 4096)
     imagination_horizon: int = 100  # imagined steps before an episode restarts from real states (RWM: 100)
     sample: bool = False  # sample the model's predictive distribution in imagination (False: its mean; DESIGN.md)
+    reset_start_fraction: float | None = None  # imagined episodes started from real reset states (None: imagination_horizon / real episode steps)
     offline: bool = False  # MOPO-PPO: no collection after the initial dataset
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
     guard_envs: int = 16  # MuJoCo robots in the per-iteration real check
@@ -111,6 +114,19 @@ def guard_strike(real: float, imagined: float, best_real: float, cfg: MbpoPPOCon
     if real < best_real - cfg.guard_drop * max(abs(best_real), cfg.guard_floor):
         return f"real reward {real:.4f} fell below the best {best_real:.4f}"
     return None
+
+
+def reset_start_fraction(cfg: MbpoPPOConfig, task: str) -> float:
+    """Share of imagined episodes that start from a real reset state: ``cfg.reset_start_fraction``,
+    or by default the share of a real episode that an imagined one started at reset covers
+    (``imagination_horizon`` / the task's episode steps; ANYmal, 250 / 1,000: 0.25). Every real
+    episode starts from rest; without these starts PPO never practised it, and ``rwm18``'s best
+    policy had 42 of its 66 MuJoCo falls in the first 2 s (BENCHMARKS.md)."""
+    if cfg.reset_start_fraction is not None:
+        return cfg.reset_start_fraction
+    task_cfg = env_cfg(task)
+    episode_steps = task_cfg.episode_length_s / (PHYSICS_DT * task_cfg.decimation)
+    return min(1.0, cfg.imagination_horizon / episode_steps)
 
 
 def _rsl_rl_cfg(cfg: MbpoPPOConfig) -> RslRlPPOConfig:
@@ -226,7 +242,7 @@ def train(
         writer = SummaryWriter(log_dir)
     ppo_cfg = _rsl_rl_cfg(cfg)
     env = ImaginedLeggedVecEnv(cfg.num_envs, model=model, task=task, start_data=data, device=cfg.device, sample=cfg.sample,
-                               max_episode_steps=cfg.imagination_horizon)
+                               max_episode_steps=cfg.imagination_horizon, reset_start_fraction=reset_start_fraction(cfg, task))
     adapter = RslRlVecEnvAdapter(env, seed=cfg.seed)
     quiet = (lambda: contextlib.nullcontext()) if progress else (lambda: contextlib.redirect_stdout(io.StringIO()))
     with quiet():

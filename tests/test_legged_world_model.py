@@ -124,6 +124,31 @@ def test_episodes_never_start_from_real_states_about_to_fall(anymal_model, anyma
         ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=only_falls, start_margin_s=0.5)
 
 
+def test_a_share_of_episodes_starts_from_real_reset_states(anymal_model, anymal_data):
+    """Every real episode starts from rest: ``reset_start_fraction`` of the imagined ones start
+    from a real step-0 state, even where that real episode fell soon after (the policy that
+    collected it made the fall; the start itself is standing)."""
+    _, path, _ = anymal_model
+    data = {k: v.copy() for k, v in anymal_data.items()}
+    data["terminated"] = data["step"] == 10  # every episode "falls" 10 steps after its reset, inside the 25-step margin
+    resets = torch.as_tensor(data["obs"][data["step"] == 0])
+    assert len(resets) >= 64
+
+    def share_from_reset(fraction: float) -> float:
+        env = ImaginedLeggedVecEnv(1024, model=str(path), task=TASK, start_data=data, start_margin_s=0.5, reset_start_fraction=fraction)
+        env.reset(seed=0)
+        return float((torch.cdist(env.carry["obs"], resets, compute_mode="donot_use_mm_for_euclid_dist").min(1).values < 1e-4).float().mean())
+
+    assert share_from_reset(1.0) == 1.0
+    assert abs(share_from_reset(0.25) - 0.25) < 0.06
+    assert share_from_reset(0.0) == 0.0  # the margin keeps these reset states out of the ordinary starts
+    with pytest.raises(ValueError, match="reset_start_fraction"):
+        ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=data, reset_start_fraction=1.5)
+    no_step = {k: v for k, v in data.items() if k != "step"}
+    with pytest.raises(ValueError, match="no 'step' field"):
+        ImaginedLeggedVecEnv(4, model=str(path), task=TASK, start_data=no_step, reset_start_fraction=0.25)
+
+
 def test_sampled_imagination_scores_the_mean_and_follows_the_sample(anymal_model):
     """The draw's noise must not be charged as jerk: with ``score_mean`` the reward terms read
     the ensemble-mean next state, while the trajectory (and its falls) follows the sample."""

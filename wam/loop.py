@@ -41,8 +41,10 @@ START_DATA_LIMIT = 200_000  # transitions of real start states saved inside a mo
 
 def start_tensors(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The last ``START_DATA_LIMIT`` real transitions a checkpoint carries for imagined envs to
-    start from (``start/obs``, ``start/action``, ``start/episode``, ``start/terminated``)."""
-    return {f"start/{k}": torch.as_tensor(np.asarray(data[k])[-START_DATA_LIMIT:]) for k in ("obs", "action", "episode", "terminated")}
+    start from (``start/obs``, ``start/action``, ``start/episode``, ``start/terminated``, and
+    ``start/step`` where the data record the step within the episode)."""
+    keys = ("obs", "action", "episode", "terminated") + (("step",) if "step" in data else ())
+    return {f"start/{k}": torch.as_tensor(np.asarray(data[k])[-START_DATA_LIMIT:]) for k in keys}
 
 
 def run_path(cfg: dict[str, Any], key: str, default: str) -> Path:

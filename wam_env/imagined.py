@@ -26,7 +26,7 @@ from world_models.base import Carry, WorldModel
 from world_models.checkpoint import load_checkpoint
 from world_models.data import TransitionStore, WindowSampler
 
-START_FIELDS = ("obs", "action", "next_obs", "reward", "terminated", "episode")
+START_FIELDS = ("obs", "action", "next_obs", "reward", "terminated", "episode", "step")
 
 
 def load_start_data(source: str | Path | dict, device: torch.device) -> dict[str, torch.Tensor]:

@@ -27,6 +27,10 @@ heading is sampled uniformly, so the start yaw is 0 without loss). Episodes star
 states: a window of real (state, action) history is drawn from the start data and the model
 is warmed up on it; the last real action is the env's previous action. Start states closer
 than ``start_margin_s`` to a real termination are not drawn (the real task starts standing).
+A share ``reset_start_fraction`` of the episodes starts from real reset states instead (the
+first transition of a real episode, ``step`` 0, drawn whatever followed it): every real
+episode begins there, and a policy that never practises starting from rest in imagination
+can fall on MuJoCo in its first seconds (BENCHMARKS.md, issue 4, "falls at the start").
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
             (of the same real episode) before a termination. The real task starts standing;
             noisy or policy data holds robots already falling, and starting there would charge
             the policy for falls it did not cause (0: any state).
+        reset_start_fraction: share of episodes that start from a real reset state (a start
+            data transition with ``step`` 0) rather than from any healthy real state. With
+            imagined episodes of H steps and real ones of T, H / T gives the start of the
+            episode the weight it has on the real task.
 
     Observations (N, 3 + 3 + 3 + 3 + 3J) float32, rewards (N,), terminated / truncated (N,)
     bool, all on ``device``; SAME_STEP autoreset with ``info["final_obs"]``;
@@ -102,6 +110,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         uncertainty_penalty: float = 0.0,
         max_episode_steps: int | None = None,
         start_margin_s: float = 1.0,
+        reset_start_fraction: float = 0.0,
     ):
         if model is None:
             raise ValueError("ImaginedLeggedVecEnv needs model=<checkpoint folder or WorldModel>")
@@ -153,6 +162,9 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         if start_margin_s < 0:
             raise ValueError(f"start_margin_s must be >= 0, got {start_margin_s}")
         self.start_margin_steps = int(round(start_margin_s / self.step_dt))
+        if not 0.0 <= reset_start_fraction <= 1.0:
+            raise ValueError(f"reset_start_fraction must be in [0, 1], got {reset_start_fraction}")
+        self.reset_start_fraction = reset_start_fraction
 
         if start_data is None:
             if not saved:
@@ -253,8 +265,9 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
 
     def set_start_data(self, source: str | Path | dict) -> None:
         """Draw future start states from ``source`` (dataset folder or dict of flat real
-        transitions with ``obs`` (n, D), ``action`` (n, J), ``episode`` (n,)); re-read the
-        divergence range from the model's spec (it widens when a warm start refits the model)."""
+        transitions with ``obs`` (n, D), ``action`` (n, J), ``episode`` (n,), and ``step`` (n,),
+        the step within the episode, for reset starts); re-read the divergence range from the
+        model's spec (it widens when a warm start refits the model)."""
         D, J = self.model.spec.obs_dim, self.num_joints
         data = load_start_data(source, self.device)
         if data["obs"].shape[-1] != D or data["action"].shape[-1] != J:
@@ -278,6 +291,11 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         if len(self._start_index) == 0:
             raise ValueError(f"no start state lies {self.start_margin_steps} steps before a termination: "
                              "the start data only hold falls (lower start_margin_s or collect standing data)")
+        self._reset_index = (data["step"] == 0).nonzero().squeeze(1) if "step" in data else self._start_index[:0]
+        if self.reset_start_fraction > 0 and len(self._reset_index) == 0:
+            raise ValueError(f"reset_start_fraction={self.reset_start_fraction} needs reset states in the start data "
+                             "(transitions with 'step' 0, as `wam collect` records them); these data have "
+                             + ("no 'step' field" if "step" not in data else "none"))
 
     def _healthy_starts(self, terminated: torch.Tensor) -> torch.Tensor:
         """Indices (k,) of the transitions with no termination in the next ``start_margin_steps``
@@ -361,8 +379,13 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         n = len(idx)
         if n == 0:
             return
-        pick = torch.randint(0, len(self._start_index), (n,), device=self.device, generator=self.starts.generator)
-        w = self.starts.window(self._start_index[pick])  # (n, M + 1, .): real history, then the start state
+        gen = self.starts.generator
+        start = self._start_index[torch.randint(0, len(self._start_index), (n,), device=self.device, generator=gen)]
+        if self.reset_start_fraction > 0:
+            at_reset = torch.rand(n, device=self.device, generator=gen) < self.reset_start_fraction
+            reset = self._reset_index[torch.randint(0, len(self._reset_index), (n,), device=self.device, generator=gen)]
+            start = torch.where(at_reset, reset, start)
+        w = self.starts.window(start)  # (n, M + 1, .): real history, then the start state
         prev_action = torch.zeros_like(w["action"])
         prev_action[:, 1:] = w["action"][:, :-1]
         new = self.model.observe_sequence(self.model.initial(n), w["obs"], prev_action, w["is_first"])
