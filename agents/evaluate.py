@@ -103,7 +103,9 @@ def evaluate_velocity_tracking(
     Returns a dict: ``episodes``, ``mean_return`` / ``std_return`` (the task's reward),
     ``track_lin_vel_xy_exp`` (per-step mean of exp(-|v_xy,cmd - v_xy|² / 0.25), 1 = perfect),
     ``lin_vel_error`` (per-step mean |v_xy,cmd - v_xy|, m/s), ``fall_rate`` (episodes ended by
-    a termination before the time limit), ``mean_episode_length`` (steps) and ``env_steps``.
+    a termination before the time limit), ``fall_times_s`` (when each of them ended, s from
+    reset, ascending: a gait that cannot start from rest falls in its first seconds),
+    ``mean_episode_length`` (steps) and ``env_steps``.
     """
     from dataclasses import replace
 
@@ -141,6 +143,7 @@ def evaluate_velocity_tracking(
         "track_lin_vel_xy_exp": float(track.sum() / length.sum()),
         "lin_vel_error": float(err.sum() / length.sum()),
         "fall_rate": float(fell.mean()),
+        "fall_times_s": sorted(float(t) for t in length[fell] * env.step_dt),
         "mean_episode_length": float(length.mean()),
         "env_steps": int(length.sum()),
         "lin_vel_x": list(lin_vel_x),

@@ -300,6 +300,7 @@ def test_cli_trains_a_baseline_on_physics_then_evaluates_and_plays(tmp_path, cap
     assert main(["evaluate", *run]) == 0
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert result["episodes"] == 4 and 0.0 <= result["fall_rate"] <= 1.0
+    assert len(result["fall_times_s"]) == round(4 * result["fall_rate"]) and all(0 < t <= 20.0 for t in result["fall_times_s"])
     assert 0.0 < result["track_lin_vel_xy_exp"] <= 1.0 and result["env_steps"] >= 4
     try:
         mujoco.Renderer(build_model(ANYMAL_C)[0], 64, 64).close()

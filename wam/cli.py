@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import yaml
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['task']}: mean return {r['mean_return']:.1f} ± {r['std_return']:.1f} over {r['episodes']} real episodes")
             if "fall_rate" in r:
                 print(f"  commands vx in {r['lin_vel_x']} m/s: tracking exp {r['track_lin_vel_xy_exp']:.3f}, "
-                      f"|v - cmd| {r['lin_vel_error']:.3f} m/s, fall rate {r['fall_rate']:.1%}")
+                      f"|v - cmd| {r['lin_vel_error']:.3f} m/s, fall rate {r['fall_rate']:.1%}"
+                      + (f" (median fall at {statistics.median(r['fall_times_s']):.1f} s)" if r.get("fall_times_s") else ""))
         elif ns.command == "play":
             print(f"video written to {loop.run_play(cfg)}")
         elif ns.command == "export":
