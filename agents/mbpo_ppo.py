@@ -35,8 +35,11 @@ scaled to the reward: ``lambda = uncertainty_penalty * mean|r| / mean(u)`` measu
 imagined rollout of the current policy each iteration, so ``uncertainty_penalty`` is the
 penalty's share of the reward scale (a fixed lambda swamped the reward in the reproduction).
 
-Real samples are counted: ``real_steps`` (collection: what trains the model) and
-``guard_real_steps`` (evaluation only) are reported separately.
+Real samples are counted: ``real_steps`` (the given data and the collections) and
+``guard_real_steps`` (the guard's rollouts) are reported separately; their sum is what the
+run took from MuJoCo. With ``guard_trains_model`` (default) the guard's transitions join the
+data too: they were paid for anyway, and they show the model the deterministic policy's own
+whole episodes, starts and falls included.
 
 Continuing a run: ``start_policy`` (an earlier run's policy folder) starts PPO from that run's
 best actor and critic (``ppo_state.safetensors``, written beside the policy by
@@ -99,6 +102,7 @@ class MbpoPPOConfig:
     guard_drop: float = 0.5  # ...or real reward < best real - guard_drop * max(|best real|, guard_floor)
     guard_floor: float = 0.005  # reward per step below which the margins stop shrinking (ANYmal: 0.017 walking)
     guard_patience: int = 3  # stop after this many strikes in a row
+    guard_trains_model: bool = True  # the guard's real transitions join the data the model trains on (not offline)
     val_fraction: float = 0.1
     ppo: dict[str, Any] = field(default_factory=dict)  # agents.ppo_rsl_rl.RslRlPPOConfig fields
     seed: int = 0
@@ -195,10 +199,12 @@ def imagined_reward(env: ImaginedLeggedVecEnv, policy: MLPPolicy, steps: int, se
             "uncertainty": float(torch.stack(unc).mean())}
 
 
-def real_reward(task: str, policy: MLPPolicy, envs: int, steps: int, seed: int) -> dict[str, float]:
-    """Mean reward per step and termination rate per step of ``policy`` (deterministic) on MuJoCo."""
+def real_reward(task: str, policy: MLPPolicy, envs: int, steps: int, seed: int) -> dict[str, Any]:
+    """Mean reward per step and termination rate per step of ``policy`` (deterministic) on
+    MuJoCo, the number of steps, and the transitions themselves (``data``, collect fields)."""
     data = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
-    return {"reward": float(data["reward"].mean()), "termination_rate": float(data["terminated"].mean()), "steps": len(data["reward"])}
+    return {"reward": float(data["reward"].mean()), "termination_rate": float(data["terminated"].mean()), "steps": len(data["reward"]),
+            "data": data}
 
 
 def train(
@@ -256,10 +262,26 @@ def train(
         "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
     best: tuple[float, dict[str, Any] | None] = (-np.inf, None)  # best real reward, the runner's state (actor, critic, optimizer) then
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
+
+    def add_real(new: dict[str, np.ndarray]) -> None:
+        """Append real transitions to the data (episode ids continued) and to the store."""
+        nonlocal data
+        new["episode"] = new["episode"] + int(data["episode"].max()) + 1
+        data = {k: np.concatenate([data[k], new[k]]) for k in data}
+        if append is not None:
+            append(new)
+
+    def guard_real(policy: MLPPolicy, seed: int) -> dict[str, Any]:
+        nonlocal guard_real_steps
+        real = real_reward(task, policy, cfg.guard_envs, cfg.guard_steps, seed=seed)
+        guard_real_steps += real["steps"]
+        if cfg.guard_trains_model and not cfg.offline:
+            add_real(real["data"])
+        return real
+
     if start_policy is not None:  # the policy continued from is the best so far until one beats it on MuJoCo
         best_policy = MLPPolicy.from_rsl_rl(runner).cpu()
-        start = real_reward(task, best_policy, cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700)
-        guard_real_steps += start["steps"]
+        start = guard_real(best_policy, seed=cfg.seed + 700)
         best = (start["reward"], copy.deepcopy(runner.alg.save()))
         history["start_real_reward"] = [start["reward"]]
         if progress:
@@ -270,11 +292,8 @@ def train(
             policy = MLPPolicy.from_rsl_rl(runner).cpu()
             new = collect_legged(task, policy.act, cfg.steps_per_iteration, num_envs=cfg.collect_envs, seed=cfg.seed + 1000 * it,
                                  action_noise=cfg.collect_noise, progress=progress)
-            new["episode"] = new["episode"] + int(data["episode"].max()) + 1
-            data = {k: np.concatenate([data[k], new[k]]) for k in data}
             real_steps += len(new["reward"])
-            if append is not None:
-                append(new)
+            add_real(new)
             # 2. model update on all data, warm start
             train_split, val_split = split_episodes(data, cfg.val_fraction, seed=cfg.seed + it)
             train_split = to_torch(train_split, cfg.device)
@@ -307,8 +326,7 @@ def train(
         penalty, env.uncertainty_penalty = env.uncertainty_penalty, 0.0
         imag = imagined_reward(env, policy, cfg.imagination_horizon, seed=cfg.seed + 500 + it)
         env.uncertainty_penalty = penalty
-        real = real_reward(task, policy, cfg.guard_envs, cfg.guard_steps, seed=cfg.seed + 700 + it)
-        guard_real_steps += real["steps"]
+        real = guard_real(policy, seed=cfg.seed + 700 + it)
         for k, v in (("iteration", it), ("real_steps", real_steps), ("real_reward", real["reward"]), ("imagined_reward", imag["reward"]),
                      ("real_termination_rate", real["termination_rate"]), ("imagined_termination_rate", imag["termination_rate"]),
                      ("model_val_loss", val_loss), ("uncertainty_lambda", lam), ("wall_time", time.perf_counter() - t0)):
@@ -316,7 +334,7 @@ def train(
             if writer is not None and k != "iteration":
                 writer.add_scalar(f"MBPO/{k}", float(v), it)
         if progress:
-            print(f"[mbpo-ppo] it {it}: real steps {real_steps}, reward/step real {real['reward']:.4f} imagined {imag['reward']:.4f}, "
+            print(f"[mbpo-ppo] it {it}: real steps {real_steps} + guard {guard_real_steps}, reward/step real {real['reward']:.4f} imagined {imag['reward']:.4f}, "
                   f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
         reason = guard_strike(real["reward"], imag["reward"], best[0], cfg)  # best -inf at first: no drop strike
         if real["reward"] > best[0]:

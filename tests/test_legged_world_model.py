@@ -255,7 +255,8 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path,
     history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
     assert history["real_steps"] == [2016.0, 2656.0]  # 2000 rounded up to 32 robots, then + 640
     assert len(history["imagined_reward"]) == 2 and history["uncertainty_lambda"][0] > 0
-    assert len(TransitionStore(tmp_path / "data")) == 2656  # the new real batch was appended
+    assert history["guard_real_steps"] == [80.0]  # 4 robots x 10 steps, twice
+    assert len(TransitionStore(tmp_path / "data")) == 2656 + 80  # the new real batch and the guard's episodes were appended
     assert main(["evaluate", *r, f"policy={tmp_path / 'policy'}", "evaluate.episodes=4"]) == 0
     # offline MOPO-PPO: no new real data, a penalty scaled to the reward
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.offline=true",
@@ -264,7 +265,7 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path,
     err = capsys.readouterr().err  # the trained model keeps its own params, and says which of the config's do not apply
     assert "forecast_noise: checkpoint 0.0, config 0.5" in err and "hidden: checkpoint 32, config 128" in err
     offline = json.loads((tmp_path / "mbpo_ppo.json").read_text())
-    assert offline["real_steps"] == [2656.0, 2656.0] and len(TransitionStore(tmp_path / "data")) == 2656
+    assert offline["real_steps"] == [2736.0, 2736.0] and len(TransitionStore(tmp_path / "data")) == 2736  # offline: nothing added
     assert all(lam > 0 for lam in offline["uncertainty_lambda"])
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
 
@@ -307,7 +308,7 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     monkeypatch.setattr(mbpo_ppo, "save_runner_state", save_spy)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
                  "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
-                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4"]) == 0
+                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false"]) == 0
     history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
     assert history["rolled_back"] == [0.0, 1.0, 0.0]
     assert torch.equal(collected[1], ends[1])  # iteration 2 collected with the policy that struck...
