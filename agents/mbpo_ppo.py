@@ -70,7 +70,6 @@ from agents.policy import MLPPolicy, PolicyFileError, copy_linears, linear_layer
 from agents.ppo_rsl_rl import RslRlPPOConfig
 from tasks.locomotion.collect import collect_legged
 from tasks.locomotion.registry import env_cfg
-from tasks.locomotion.robots import PHYSICS_DT
 from wam_env.legged import ImaginedLeggedVecEnv
 from wam_env.rsl_rl import RslRlVecEnvAdapter
 from world_models.base import WorldModel
@@ -128,9 +127,7 @@ def reset_start_fraction(cfg: MbpoPPOConfig, task: str) -> float:
     policy had 42 of its 66 MuJoCo falls in the first 2 s (BENCHMARKS.md)."""
     if cfg.reset_start_fraction is not None:
         return cfg.reset_start_fraction
-    task_cfg = env_cfg(task)
-    episode_steps = task_cfg.episode_length_s / (PHYSICS_DT * task_cfg.decimation)
-    return min(1.0, cfg.imagination_horizon / episode_steps)
+    return min(1.0, cfg.imagination_horizon / env_cfg(task).max_episode_steps)
 
 
 def _rsl_rl_cfg(cfg: MbpoPPOConfig) -> RslRlPPOConfig:

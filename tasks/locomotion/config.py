@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from tasks.locomotion.mdp import Term
-from tasks.locomotion.robots import RobotCfg
+from tasks.locomotion.robots import PHYSICS_DT, RobotCfg
 
 Range = tuple[float, float]
 
@@ -104,3 +104,13 @@ class VelocityEnvCfg:
     commands: CommandCfg = field(default_factory=CommandCfg)
     reset: ResetCfg = field(default_factory=ResetCfg)
     randomization: RandomizationCfg = field(default_factory=RandomizationCfg)
+
+    @property
+    def step_dt(self) -> float:
+        """Seconds per policy step (``decimation`` physics steps)."""
+        return PHYSICS_DT * self.decimation
+
+    @property
+    def max_episode_steps(self) -> int:
+        """Policy steps per episode (``episode_length_s`` / ``step_dt``)."""
+        return int(round(self.episode_length_s / self.step_dt))

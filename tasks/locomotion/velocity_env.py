@@ -38,7 +38,7 @@ import torch
 
 from tasks.locomotion import mdp
 from tasks.locomotion.config import OBS_NOISE, VelocityEnvCfg
-from tasks.locomotion.robots import PHYSICS_DT, build_model
+from tasks.locomotion.robots import build_model
 
 
 def _uniform(rng: np.random.Generator, r: tuple[float, float], size: int | None = None) -> Any:
@@ -83,8 +83,8 @@ class LeggedVelocityVecEnv(gym.vector.VectorEnv):
         self.model, self.layout = build_model(cfg.robot)
         self.joint_names = cfg.robot.joint_names
         self.num_joints = J = len(self.joint_names)
-        self.step_dt = PHYSICS_DT * cfg.decimation
-        self.max_episode_length = int(round(cfg.episode_length_s / self.step_dt))
+        self.step_dt = cfg.step_dt
+        self.max_episode_length = cfg.max_episode_steps
         self.models = [self.model] * num_envs
         self.datas = [mujoco.MjData(self.model) for _ in range(num_envs)]
         threads = num_threads or min(os.cpu_count() or 1, 8)
