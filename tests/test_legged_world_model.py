@@ -391,3 +391,12 @@ def test_exploitation_guard_stops_the_measured_anymal_run():
     assert all(guard_strike(r, i, float("-inf"), cfg) is not None for r, i in zip(real, imagined))
     old_floor = MbpoPPOConfig(guard_floor=0.01)
     assert [guard_strike(r, i, float("-inf"), old_floor) is not None for r, i in zip(real, imagined)] == [False] * 3 + [True] + [False] * 3
+    # the rerun of rwm20 (stop 21): after a best of -0.0118 at iteration 0, PPO's search scored a
+    # few thousandths worse; guard_drop 0.5 struck at iterations 1-3 (each roll-back restarting
+    # from iteration 0), guard_drop 1.0 (used by rwm22) none, and still stops the run above
+    real, imagined = [-0.0180, -0.0179, -0.0227, -0.0142], [-0.0034, -0.0096, -0.0112, -0.0097]
+    assert [guard_strike(r, i, -0.0118, cfg) is not None for r, i in zip(real, imagined)] == [True, True, True, False]
+    twice_as_bad = MbpoPPOConfig(guard_drop=1.0)
+    assert all(guard_strike(r, i, -0.0118, twice_as_bad) is None for r, i in zip(real, imagined))
+    real, imagined = [-0.0061, -0.0134, -0.0384, -0.0288], [-0.0011, -0.0000, 0.0018, -0.0032]
+    assert all(guard_strike(r, i, max(real[:k]), twice_as_bad) is not None for k, (r, i) in enumerate(zip(real, imagined)) if k > 0)
