@@ -316,6 +316,32 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     assert len(saved) == 4 and all(torch.equal(a, ends[0]) for a in saved)  # saved after every iteration and at the end: the best so far
 
 
+def test_mbpo_ppo_guard_does_not_stop_a_run_whose_real_reward_climbs(tmp_path, monkeypatch):
+    """rwm22 (BENCHMARKS.md): imagined reward above the real one by more than the gap at every
+    iteration while the real reward set a new best each time; the guard stopped it after
+    ``guard_patience`` such iterations. A new best is no strike; the same gap on a real reward
+    that does not improve still stops the run."""
+    import agents.mbpo_ppo as mbpo_ppo
+
+    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
+    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
+    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
+                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    monkeypatch.setattr(mbpo_ppo, "imagined_reward", lambda *a, **k: {"reward": 0.05, "termination_rate": 0.0})
+    args = [*r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=4", "agent.params.steps_per_iteration=200",
+            "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
+            "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false",
+            "agent.params.guard_patience=2"]
+    for real_rewards, rolled_back in (([-0.0234, -0.0113, -0.0045, -0.0018], [0.0] * 4),  # rwm22's first iterations
+                                      ([-0.0018, -0.0020, -0.0019, -0.0018], [0.0, 1.0, 1.0])):  # no gain: stopped at it. 2
+        real = iter(real_rewards)
+        monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
+        assert main(["train-policy", *args]) == 0
+        history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+        assert history["rolled_back"] == rolled_back
+        assert ("stopped_by_guard" in history) == (len(rolled_back) < 4)
+
+
 def test_mbpo_ppo_resumes_from_an_earlier_runs_policy(tmp_path, monkeypatch):
     """``agent.resume`` starts PPO from the earlier run's kept actor (with its critic from
     ``ppo_state.safetensors``, or the actor alone when only the wam policy is there); a policy
