@@ -337,8 +337,9 @@ def train(
                   f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
         # a new best real reward is no strike: the roll-back would return to this very policy, and
         # stopping a run whose real reward still climbs is the wrong call (rwm22 in BENCHMARKS.md)
-        reason = None if real["reward"] > best[0] else guard_strike(real["reward"], imag["reward"], best[0], cfg)
-        if real["reward"] > best[0]:
+        new_best = real["reward"] > best[0]
+        reason = None if new_best else guard_strike(real["reward"], imag["reward"], best[0], cfg)
+        if new_best:
             best = (real["reward"], copy.deepcopy(runner.alg.save()))
             best_policy = policy
         strikes = strikes + 1 if reason is not None else 0

@@ -270,6 +270,16 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path,
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
 
 
+def tiny_anymal_run(tmp_path) -> list[str]:
+    """Collect 1,000 ANYmal C steps and train a tiny GRU on them in ``tmp_path``; returns the
+    CLI arguments naming that run (task, run_dir, no progress) for ``train-policy``."""
+    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
+    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
+    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
+                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    return r
+
+
 def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path, monkeypatch):
     """Iteration 1 loses real reward (a drop strike): iteration 2 must collect its real data
     with iteration 1's policy (the model learns what it exploited), then run PPO from
@@ -277,10 +287,7 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     import agents.mbpo_ppo as mbpo_ppo
     from agents.policy import MLPPolicy
 
-    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
-    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
-    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
-                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    r = tiny_anymal_run(tmp_path)
     real = iter([0.01, -0.01, 0.009])
     monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
     probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
@@ -323,10 +330,7 @@ def test_mbpo_ppo_guard_does_not_stop_a_run_whose_real_reward_climbs(tmp_path, m
     reward that does not improve still stops the run."""
     import agents.mbpo_ppo as mbpo_ppo
 
-    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
-    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
-    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
-                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    r = tiny_anymal_run(tmp_path)
     monkeypatch.setattr(mbpo_ppo, "imagined_reward", lambda *a, **k: {"reward": 0.05, "termination_rate": 0.0})
     args = [*r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=4", "agent.params.steps_per_iteration=200",
             "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
