@@ -215,7 +215,16 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
-                train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100) -> dict[str, Any]:
+                train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100,
+                start_from: str = "data") -> dict[str, Any]:
+    """Imagined vs MuJoCo mean reward per step of every checkpoint: ``envs`` robots x ``steps``
+    steps each side, imagined episodes restarting from real states every ``horizon`` steps.
+    ``start_from="data"`` draws those states from the model's start data (what MBPO-PPO's
+    imagination does); ``"policy"`` from the checkpoint's own MuJoCo rollout, so both worlds
+    score the states the policy visits (branched rollouts, as MBPO's), and the model answers
+    "what does this policy earn in the next ``horizon`` steps from here, under new commands"."""
+    if start_from not in ("data", "policy"):
+        raise ValueError(f"start_from must be 'data' or 'policy', got {start_from!r}")
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
@@ -228,13 +237,15 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     all_logits, all_terms = [], []
     for f in files:
         policy = load_rsl_rl_policy(f, imag)
+        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
+        if start_from == "policy":
+            imag.set_start_data(real)
         obs, _ = imag.reset(seed=seed)
         r_imag, t_imag = [], []
         for _ in range(steps):
             obs, r, term, _, _ = imag.step(policy.act(obs).clamp(-10, 10))
             r_imag.append(r)
             t_imag.append(term.float())
-        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
         with torch.no_grad():
             _, logit = model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
         all_logits.append(logit)
@@ -251,7 +262,7 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
            "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
            "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])), "sample": sample,
            "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps,
-           "horizon": imag.max_episode_length}
+           "horizon": imag.max_episode_length, "start_from": start_from}
     if out["pearson_held_out"] is not None:
         print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
     print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
@@ -352,6 +363,8 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
     parser.add_argument("--horizon", type=int, default=100,
                         help="policy-eval / reward-audit: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
+    parser.add_argument("--start-from", choices=("data", "policy"), default="data",
+                        help="policy-eval: imagined episodes start from the model's start data, or from each checkpoint's own MuJoCo states")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -366,7 +379,7 @@ def main() -> None:
         result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed, horizon=args.horizon)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
-                             sample=args.sample, horizon=args.horizon)
+                             sample=args.sample, horizon=args.horizon, start_from=args.start_from)
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
