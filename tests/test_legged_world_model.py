@@ -270,11 +270,11 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path,
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.params.ppo.no_such_key=1"]) == 2
 
 
-def tiny_anymal_run(tmp_path) -> list[str]:
-    """Collect 1,000 ANYmal C steps and train a tiny GRU on them in ``tmp_path``; returns the
+def tiny_anymal_run(tmp_path, steps: int = 1000) -> list[str]:
+    """Collect ``steps`` ANYmal C steps and train a tiny GRU on them in ``tmp_path``; returns the
     CLI arguments naming that run (task, run_dir, no progress) for ``train-policy``."""
     r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
-    assert main(["collect", *r, "steps=1000", "collect.num_envs=20"]) == 0
+    assert main(["collect", *r, f"steps={steps}", "collect.num_envs=20"]) == 0
     assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
                  "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
     return r
@@ -353,10 +353,7 @@ def test_mbpo_ppo_resumes_from_an_earlier_runs_policy(tmp_path, monkeypatch):
     import agents.mbpo_ppo as mbpo_ppo
     from agents.policy import MLPPolicy
 
-    r = ["task=anymal_c_flat", f"run_dir={tmp_path}", "progress=false"]
-    assert main(["collect", *r, "steps=600", "collect.num_envs=20"]) == 0
-    assert main(["train-model", *r, "model.params.hidden=16", "model.params.head_hidden=16", "model.params.ensemble=2", "model.history=4",
-                 "model.forecast=2", "model.train.max_steps=5", "model.train.eval_every=5"]) == 0
+    r = tiny_anymal_run(tmp_path, steps=600)
     probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
     starts, learn = [], mbpo_ppo.OnPolicyRunner.learn
 
