@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -216,13 +217,18 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
                 train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100,
-                start_from: str = "data") -> dict[str, Any]:
+                start_from: str = "data", action_noise: tuple[float, ...] = (0.0,)) -> dict[str, Any]:
     """Imagined vs MuJoCo mean reward per step of every checkpoint: ``envs`` robots x ``steps``
     steps each side, imagined episodes restarting from real states every ``horizon`` steps.
     ``start_from="data"`` draws those states from the model's start data (what MBPO-PPO's
     imagination does); ``"policy"`` from the checkpoint's own MuJoCo rollout, so both worlds
     score the states the policy visits (branched rollouts, as MBPO's), and the model answers
-    "what does this policy earn in the next ``horizon`` steps from here, under new commands"."""
+    "what does this policy earn in the next ``horizon`` steps from here, under new commands".
+
+    Every checkpoint is evaluated once per ``action_noise`` std (action units, Gaussian noise
+    added to its action in both worlds, then clipped to the action box): noisy versions of a
+    walking policy fall on MuJoCo, which the teacher's own checkpoints do not, so the
+    termination head's rate and precision / recall are measured on policies that do fall."""
     if start_from not in ("data", "policy"):
         raise ValueError(f"start_from must be 'data' or 'policy', got {start_from!r}")
     files = checkpoint_files(checkpoint_dirs)
@@ -235,25 +241,29 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     model = imag.model
     rows = []
     all_logits, all_terms = [], []
-    for f in files:
+    limit = float(imag.single_action_space.high[0])
+    for f, noise in itertools.product(files, action_noise):
         policy = load_rsl_rl_policy(f, imag)
-        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)
+        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, action_noise=noise, progress=False)
         if start_from == "policy":
             imag.set_start_data(real)
         obs, _ = imag.reset(seed=seed)
+        gen = torch.Generator().manual_seed(seed + 7)
         r_imag, t_imag = [], []
         for _ in range(steps):
-            obs, r, term, _, _ = imag.step(policy.act(obs).clamp(-10, 10))
+            action = policy.act(obs)
+            obs, r, term, _, _ = imag.step((action + noise * torch.randn(action.shape, generator=gen)).clamp(-limit, limit))
             r_imag.append(r)
             t_imag.append(term.float())
         with torch.no_grad():
             _, logit = model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
         all_logits.append(logit)
         all_terms.append(torch.as_tensor(real["terminated"]))
-        row = {"checkpoint": str(f), "model_saw_its_data": f in seen, "imagined_reward": float(torch.stack(r_imag).mean()), "real_reward": float(real["reward"].mean()),
-               "imagined_termination_rate": float(torch.stack(t_imag).mean()), "real_termination_rate": float(real["terminated"].mean())}
+        row = {"checkpoint": str(f), "action_noise": noise, "model_saw_its_data": f in seen, "imagined_reward": float(torch.stack(r_imag).mean()),
+               "real_reward": float(real["reward"].mean()), "imagined_termination_rate": float(torch.stack(t_imag).mean()),
+               "real_termination_rate": float(real["terminated"].mean())}
         rows.append(row)
-        print(f"{f}: reward/step imagined {row['imagined_reward']:.4f} real {row['real_reward']:.4f}; "
+        print(f"{f} + noise {noise}: reward/step imagined {row['imagined_reward']:.4f} real {row['real_reward']:.4f}; "
               f"terminations/step imagined {row['imagined_termination_rate']:.4f} real {row['real_termination_rate']:.4f}")
     im, re = np.array([r["imagined_reward"] for r in rows]), np.array([r["real_reward"] for r in rows])
     tm = termination_metrics(torch.cat(all_logits), torch.cat(all_terms))
@@ -262,11 +272,12 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
            "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
            "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])), "sample": sample,
            "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps,
-           "horizon": imag.max_episode_length, "start_from": start_from}
+           "horizon": imag.max_episode_length, "start_from": start_from, "action_noise": list(action_noise)}
     if out["pearson_held_out"] is not None:
         print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
     print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
-          f"precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}")
+          f"precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}; terminations/step imagined "
+          f"{out['imagined_termination_rate']:.2e} vs real {out['real_termination_rate']:.2e}")
     return out
 
 
@@ -365,6 +376,8 @@ def main() -> None:
                         help="policy-eval / reward-audit: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
     parser.add_argument("--start-from", choices=("data", "policy"), default="data",
                         help="policy-eval: imagined episodes start from the model's start data, or from each checkpoint's own MuJoCo states")
+    parser.add_argument("--action-noise", type=float, nargs="+", default=[0.0],
+                        help="policy-eval: evaluate every checkpoint once per Gaussian action-noise std (action units), the same noise in both worlds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -379,7 +392,7 @@ def main() -> None:
         result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed, horizon=args.horizon)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
-                             sample=args.sample, horizon=args.horizon, start_from=args.start_from)
+                             sample=args.sample, horizon=args.horizon, start_from=args.start_from, action_noise=tuple(args.action_noise))
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
