@@ -188,9 +188,13 @@ def checkpoint_files(checkpoint_dirs: list[Path]) -> list[Path]:
     return sorted((p for d in checkpoint_dirs for p in d.glob("model_*.pt")), key=lambda p: (str(p.parent), int(p.stem.split("_")[1])))
 
 
-def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: int, seed: int, out: Path) -> tuple[Path, list[Path]]:
+def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: int, seed: int, out: Path,
+                            fall_noise: tuple[float, ...] = ()) -> tuple[Path, list[Path]]:
     """The model policy evaluation needs has seen what policies do: 100k perturbed default-pose
-    steps plus 10k steps (action noise 0.3) of every second checkpoint; the others stay held out.
+    steps (action noise 0.5) plus 10k steps (action noise 0.3) of every second checkpoint; the
+    others stay held out. Every std in ``fall_noise`` adds 30k perturbed default-pose steps and
+    5k steps of every seen checkpoint at that noise: data in which the robots fall, which the
+    termination head and the dynamics towards a fall are learned from.
     Trains the N = 8 GRU with the task's sizes and saves it to ``out``; returns it and the
     checkpoints whose data it saw."""
     from world_models.checkpoint import save_checkpoint
@@ -200,6 +204,11 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
     parts = [collect_legged(task, None, 100_000, num_envs=100, seed=seed, action_noise=0.5, progress=False)]
     for i, f in enumerate(seen):
         parts.append(collect_legged(task, load_rsl_rl_policy(f, probe).act, 10_000, num_envs=50, seed=seed + 10 + i, action_noise=0.3, progress=False))
+    for j, noise in enumerate(fall_noise):
+        parts.append(collect_legged(task, None, 30_000, num_envs=100, seed=seed + 100 * (j + 1), action_noise=noise, progress=False))
+        for i, f in enumerate(seen):
+            parts.append(collect_legged(task, load_rsl_rl_policy(f, probe).act, 5_000, num_envs=50, seed=seed + 100 * (j + 1) + 10 + i,
+                                        action_noise=noise, progress=False))
     data = _merge(*parts)
     train, val = split_episodes(data, 0.1, seed=seed)
     spec = model_spec_from_data(legged_dataset_meta(task), train, 32, 8, dt=0.02)
@@ -217,7 +226,8 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
                 train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100,
-                start_from: str = "data", action_noise: tuple[float, ...] = (0.0,)) -> dict[str, Any]:
+                start_from: str = "data", action_noise: tuple[float, ...] = (0.0,), fall_noise: tuple[float, ...] = (),
+                model_out: Path | None = None, start_margin_s: float = 1.0) -> dict[str, Any]:
     """Imagined vs MuJoCo mean reward per step of every checkpoint: ``envs`` robots x ``steps``
     steps each side, imagined episodes restarting from real states every ``horizon`` steps.
     ``start_from="data"`` draws those states from the model's start data (what MBPO-PPO's
@@ -228,16 +238,21 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     Every checkpoint is evaluated once per ``action_noise`` std (action units, Gaussian noise
     added to its action in both worlds, then clipped to the action box): noisy versions of a
     walking policy fall on MuJoCo, which the teacher's own checkpoints do not, so the
-    termination head's rate and precision / recall are measured on policies that do fall."""
+    termination head's rate and precision / recall are measured on policies that do fall.
+    ``start_margin_s`` (the env's option) keeps imagined starts that far before a real fall;
+    0 draws from every real state, so the falls that follow a start can happen in both worlds
+    (the unbiased setting for comparing termination rates)."""
     if start_from not in ("data", "policy"):
         raise ValueError(f"start_from must be 'data' or 'policy', got {start_from!r}")
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
-    seen: list[Path] = []
-    if model_path is None:
-        model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, Path(f"runs/benchmarks/{task}_policy_eval_model"))
-    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, max_episode_steps=horizon)
+    if model_path is not None:  # the checkpoints whose data it saw, where policy-eval trained it
+        seen = [Path(p) for p in load_checkpoint(model_path)[1].get("seen_checkpoints", [])]
+    else:
+        model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, model_out or Path(f"runs/benchmarks/{task}_policy_eval_model"),
+                                                   fall_noise)
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, max_episode_steps=horizon, start_margin_s=start_margin_s)
     model = imag.model
     rows = []
     all_logits, all_terms = [], []
@@ -265,20 +280,28 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
         rows.append(row)
         print(f"{f} + noise {noise}: reward/step imagined {row['imagined_reward']:.4f} real {row['real_reward']:.4f}; "
               f"terminations/step imagined {row['imagined_termination_rate']:.4f} real {row['real_termination_rate']:.4f}")
-    im, re = np.array([r["imagined_reward"] for r in rows]), np.array([r["real_reward"] for r in rows])
     tm = termination_metrics(torch.cat(all_logits), torch.cat(all_terms))
-    held = np.array([not r["model_saw_its_data"] for r in rows])
-    out = {"rows": rows, "pearson": float(np.corrcoef(im, re)[0, 1]), **tm, "model": str(model_path),
-           "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if seen and held.sum() > 2 else None,
-           "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])), "sample": sample,
-           "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows])), "envs": envs, "steps": steps,
-           "horizon": imag.max_episode_length, "start_from": start_from, "action_noise": list(action_noise)}
-    if out["pearson_held_out"] is not None:
-        print(f"Pearson over the {int(held.sum())} checkpoints whose data the model never saw: {out['pearson_held_out']:.3f}")
-    print(f"Pearson(imagined, real) over {len(rows)} policies: {out['pearson']:.3f}; termination head on real transitions: "
-          f"precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}; terminations/step imagined "
-          f"{out['imagined_termination_rate']:.2e} vs real {out['real_termination_rate']:.2e}")
+    out = {"rows": rows, **_agreement(rows), **tm, "model": str(model_path), "sample": sample, "envs": envs, "steps": steps,
+           "horizon": imag.max_episode_length, "start_from": start_from, "action_noise": list(action_noise), "fall_noise": list(fall_noise),
+           "start_margin_s": start_margin_s,
+           "by_action_noise": {str(n): _agreement([r for r in rows if r["action_noise"] == n]) for n in action_noise}}
+    for name, agreement in [(f"{len(rows)} policies", out)] + [(f"action noise {n}", out["by_action_noise"][str(n)]) for n in action_noise]:
+        print(f"{name}: Pearson(imagined, real) {agreement['pearson']:.3f} (held out {agreement['pearson_held_out'] or float('nan'):.3f}), "
+              f"Spearman {agreement['spearman']:.3f}; terminations/step imagined {agreement['imagined_termination_rate']:.2e} "
+              f"vs real {agreement['real_termination_rate']:.2e}")
+    print(f"termination head on the real transitions: precision {tm['termination_precision']:.3f}, recall {tm['termination_recall']:.3f}")
     return out
+
+
+def _agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Pearson / Spearman of imagined vs real reward per step over ``rows`` (and over the
+    checkpoints whose data the model never saw), and the mean termination rates per step."""
+    im, re = np.array([r["imagined_reward"] for r in rows]), np.array([r["real_reward"] for r in rows])
+    held = np.array([not r["model_saw_its_data"] for r in rows])
+    return {"pearson": float(np.corrcoef(im, re)[0, 1]), "spearman": float(np.corrcoef(im.argsort().argsort(), re.argsort().argsort())[0, 1]),
+            "pearson_held_out": float(np.corrcoef(im[held], re[held])[0, 1]) if 2 < held.sum() < len(rows) else None,
+            "imagined_termination_rate": float(np.mean([r["imagined_termination_rate"] for r in rows])),
+            "real_termination_rate": float(np.mean([r["real_termination_rate"] for r in rows]))}
 
 
 def _metered(env: ImaginedLeggedVecEnv | LeggedVelocityVecEnv) -> dict[str, float]:
@@ -378,6 +401,11 @@ def main() -> None:
                         help="policy-eval: imagined episodes start from the model's start data, or from each checkpoint's own MuJoCo states")
     parser.add_argument("--action-noise", type=float, nargs="+", default=[0.0],
                         help="policy-eval: evaluate every checkpoint once per Gaussian action-noise std (action units), the same noise in both worlds")
+    parser.add_argument("--fall-noise", type=float, nargs="*", default=[],
+                        help="policy-eval without --model: add perturbed and checkpoint data at each of these action-noise stds (data with falls)")
+    parser.add_argument("--start-margin", type=float, default=1.0,
+                        help="policy-eval: imagined episodes start at least this many seconds before a real fall (0: from every real state)")
+    parser.add_argument("--tag", default="", help="suffix of the result file (and of policy-eval's own model folder)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.part == "prediction":
@@ -392,8 +420,9 @@ def main() -> None:
         result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed, horizon=args.horizon)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
-                             sample=args.sample, horizon=args.horizon, start_from=args.start_from, action_noise=tuple(args.action_noise))
-    out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}.json"
+                             sample=args.sample, horizon=args.horizon, start_from=args.start_from, action_noise=tuple(args.action_noise),
+                             fall_noise=tuple(args.fall_noise), start_margin_s=args.start_margin, model_out=Path(f"runs/benchmarks/{args.task}_policy_eval_model{args.tag}"))
+    out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
