@@ -219,7 +219,7 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
     print(f"policy-eval model: {len(train['reward'])} train transitions, {metrics['train_seconds']:.0f} s, val loss {metrics['val_loss']:.3f}, "
           f"termination precision {metrics.get('termination_precision', float('nan')):.3f} recall {metrics.get('termination_recall', float('nan')):.3f}")
     start = {k: torch.as_tensor(v) for k, v in data.items()}
-    save_checkpoint(model, out, extra={"task": task, "metrics": metrics, "seen_checkpoints": [str(f) for f in seen]},
+    save_checkpoint(model, out, extra={"task": task, "metrics": metrics, "seen_checkpoints": [str(f) for f in seen], "fall_noise": list(fall_noise)},
                     tensors={f"start/{k}": start[k] for k in ("obs", "action", "episode", "terminated")})
     return out, seen
 
@@ -247,8 +247,12 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     files = checkpoint_files(checkpoint_dirs)
     if len(files) < 2:
         raise ValueError(f"policy-eval needs >= 2 rsl-rl checkpoints (model_*.pt) in {checkpoint_dirs}, found {len(files)}")
-    if model_path is not None:  # the checkpoints whose data it saw, where policy-eval trained it
-        seen = [Path(p) for p in load_checkpoint(model_path)[1].get("seen_checkpoints", [])]
+    if model_path is not None:  # where policy-eval trained it: the checkpoints whose data it saw, its fall data
+        if fall_noise:
+            raise ValueError("fall_noise shapes the data of policy-eval's own model; it cannot apply to a given model")
+        extra = load_checkpoint(model_path)[1]
+        seen = [Path(p) for p in extra.get("seen_checkpoints", [])]
+        fall_noise = tuple(extra.get("fall_noise", ()))
     else:
         model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, model_out or Path(f"runs/benchmarks/{task}_policy_eval_model"),
                                                    fall_noise)
