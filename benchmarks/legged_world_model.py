@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/legged_world_model.py prediction --policy runs/anymal_ppo/policy
     .venv/bin/python benchmarks/legged_world_model.py throughput --model runs/anymal_rwm/world_model
-    .venv/bin/python benchmarks/legged_world_model.py policy-eval --checkpoints runs/anymal_ppo/tb/policy --steps 3000
+    .venv/bin/python benchmarks/legged_world_model.py policy-eval --checkpoints runs/anymal_ppo/tb/policy --steps 2000 \
+        --start-from policy --start-margin 0 --action-noise 0 0.5 1.0 --fall-noise 1.0
     .venv/bin/python benchmarks/legged_world_model.py reward-audit --model runs/anymal_rwm3/world_model --start-data runs/anymal_rwm3/data \
         --checkpoints runs/anymal_ppo/tb/policy/model_0.pt runs/anymal_ppo/tb/policy/model_199.pt
 
@@ -17,14 +18,16 @@
   ANYmal C env at 512 envs on all cores, in the same run; FLOP utilisation against a
   2048^2 fp32 matmul.
 - ``policy-eval``: without ``--model``, first trains the model it evaluates with: the N = 8 GRU
-  on perturbed data plus noisy data of every second checkpoint (the others held out). Then for
-  every rsl-rl checkpoint (``model_*.pt``) in the folders given, the
-  deterministic policy's mean reward per step in imagination and on MuJoCo (same commands
-  distribution, 64 robots, 5 s from reset; imagination with the model's mean prediction
-  unless ``--sample``, and from real states at least 1 s before a real fall, restarting
-  every ``--horizon`` = 100 steps as MBPO-PPO's imagination does), their Pearson correlation, the termination
-  rates of both, and the termination head's precision / recall on the real transitions;
-  Pearson also over the held-out checkpoints alone.
+  on perturbed data plus noisy data of every second checkpoint (the others held out), plus
+  data with falls at each ``--fall-noise`` std. Then for every rsl-rl checkpoint
+  (``model_*.pt``) in the folders given and every ``--action-noise`` std, the policy's
+  mean reward per step in imagination and on MuJoCo (same commands distribution, the same
+  action noise, 64 robots, 5 s from reset; imagination with the model's mean prediction
+  unless ``--sample``, restarting every ``--horizon`` = 100 steps as MBPO-PPO's imagination
+  does, from the model's start data or with ``--start-from policy`` from the policy's own
+  MuJoCo states, at least ``--start-margin`` s before a real fall), their Pearson and Spearman
+  correlations, the termination rates of both, and the termination head's precision / recall
+  on the real transitions; all also per noise level and over the held-out checkpoints alone.
 
 - ``reward-audit``: for each checkpoint given (``--checkpoints``: rsl-rl ``.pt`` files, folders
   of them, or wam policy folders), the deterministic policy's mean reward per step of every
@@ -35,7 +38,7 @@
   wrong. On MuJoCo, ``joint_acc_l2`` terms are also scored with the acceleration imagination
   computes, the velocity change over the 20 ms control step, beside MuJoCo's ``qacc``.
 
-Results go to ``runs/benchmarks/<task>_<part>.json``; tables are printed as in BENCHMARKS.md.
+Results go to ``runs/benchmarks/<task>_<part><--tag>.json``; tables are printed as in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ def train_policy_eval_model(task: str, files: list[Path], steps: int, hidden: in
 def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path], envs: int, steps: int, seed: int,
                 train_steps: int = 3000, hidden: int = 128, sample: bool = False, horizon: int = 100,
                 start_from: str = "data", action_noise: tuple[float, ...] = (0.0,), fall_noise: tuple[float, ...] = (),
-                model_out: Path | None = None, start_margin_s: float = 1.0) -> dict[str, Any]:
+                start_margin_s: float = 1.0, tag: str = "") -> dict[str, Any]:
     """Imagined vs MuJoCo mean reward per step of every checkpoint: ``envs`` robots x ``steps``
     steps each side, imagined episodes restarting from real states every ``horizon`` steps.
     ``start_from="data"`` draws those states from the model's start data (what MBPO-PPO's
@@ -241,7 +244,8 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     termination head's rate and precision / recall are measured on policies that do fall.
     ``start_margin_s`` (the env's option) keeps imagined starts that far before a real fall;
     0 draws from every real state, so the falls that follow a start can happen in both worlds
-    (the unbiased setting for comparing termination rates)."""
+    (the unbiased setting for comparing termination rates). Without ``model_path`` the model
+    is trained here and saved to ``runs/benchmarks/<task>_policy_eval_model<tag>``."""
     if start_from not in ("data", "policy"):
         raise ValueError(f"start_from must be 'data' or 'policy', got {start_from!r}")
     files = checkpoint_files(checkpoint_dirs)
@@ -254,7 +258,7 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
         seen = [Path(p) for p in extra.get("seen_checkpoints", [])]
         fall_noise = tuple(extra.get("fall_noise", ()))
     else:
-        model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, model_out or Path(f"runs/benchmarks/{task}_policy_eval_model"),
+        model_path, seen = train_policy_eval_model(task, files, train_steps, hidden, seed, Path(f"runs/benchmarks/{task}_policy_eval_model{tag}"),
                                                    fall_noise)
     imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, max_episode_steps=horizon, start_margin_s=start_margin_s)
     model = imag.model
@@ -425,7 +429,7 @@ def main() -> None:
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
                              sample=args.sample, horizon=args.horizon, start_from=args.start_from, action_noise=tuple(args.action_noise),
-                             fall_noise=tuple(args.fall_noise), start_margin_s=args.start_margin, model_out=Path(f"runs/benchmarks/{args.task}_policy_eval_model{args.tag}"))
+                             fall_noise=tuple(args.fall_noise), start_margin_s=args.start_margin, tag=args.tag)
     out = Path("runs/benchmarks") / f"{args.task}_{args.part.replace('-', '_')}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
