@@ -60,7 +60,7 @@ from prediction_error import ZeroDelta
 
 from agents.policy import MLPPolicy
 from tasks.locomotion import mdp
-from tasks.locomotion.collect import collect_legged, legged_dataset_meta
+from tasks.locomotion.collect import collect_legged, legged_dataset_meta, perturb_action
 from tasks.locomotion.registry import env_cfg
 from tasks.locomotion.velocity_env import LeggedVelocityVecEnv
 from wam.config import load_config
@@ -265,8 +265,9 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
     rows = []
     all_logits, all_terms = [], []
     limit = float(imag.single_action_space.high[0])
+    policies = {f: load_rsl_rl_policy(f, imag) for f in files}
     for f, noise in itertools.product(files, action_noise):
-        policy = load_rsl_rl_policy(f, imag)
+        policy = policies[f]
         real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, action_noise=noise, progress=False)
         if start_from == "policy":
             imag.set_start_data(real)
@@ -274,8 +275,7 @@ def policy_eval(task: str, model_path: Path | None, checkpoint_dirs: list[Path],
         gen = torch.Generator().manual_seed(seed + 7)
         r_imag, t_imag = [], []
         for _ in range(steps):
-            action = policy.act(obs)
-            obs, r, term, _, _ = imag.step((action + noise * torch.randn(action.shape, generator=gen)).clamp(-limit, limit))
+            obs, r, term, _, _ = imag.step(perturb_action(policy.act(obs), noise, gen, limit))
             r_imag.append(r)
             t_imag.append(term.float())
         with torch.no_grad():

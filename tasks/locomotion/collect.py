@@ -75,6 +75,16 @@ def legged_dataset_meta(task: str, cfg: VelocityEnvCfg | None = None) -> dict:
     }
 
 
+def perturb_action(action: torch.Tensor, std: float, generator: torch.Generator, limit: float) -> torch.Tensor:
+    """``action`` (n, J) plus Gaussian noise of ``std`` (action units) drawn from ``generator``
+    (none drawn at std 0), clipped to the ±``limit`` action box: the "random-perturbed"
+    actions of RWM's data mixtures, and the same perturbation policy evaluation applies in
+    imagination."""
+    if std > 0:
+        action = action + std * torch.randn(action.shape, generator=generator)
+    return action.clamp(-limit, limit)
+
+
 def collect_legged(
     task: str,
     policy: LeggedPolicy | None,
@@ -110,9 +120,7 @@ def collect_legged(
         else:
             a = policy(obs)
             action = torch.as_tensor(a if torch.is_tensor(a) else np.asarray(a), dtype=torch.float32).cpu()
-        if action_noise > 0:
-            action = action + action_noise * torch.randn(action.shape, generator=gen)
-        action = action.clamp(-limit, limit)
+        action = perturb_action(action, action_noise, gen, limit)
         obs, reward, terminated, truncated, info = env.step(action)
         nxt = info["state"].cpu()
         for k, v in (("obs", state), ("action", action), ("reward", reward.cpu()), ("next_obs", nxt[:, model_sl]),
