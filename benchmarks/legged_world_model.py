@@ -49,13 +49,13 @@ import dataclasses
 import io
 import itertools
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from imagination_throughput import matmul_flops, timed_rate
 from prediction_error import ZeroDelta
 
 from agents.policy import MLPPolicy
@@ -72,15 +72,6 @@ from world_models.heads import termination_metrics
 from world_models.training import WorldModelTrainConfig
 
 HORIZONS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def timed_rate(fn, seconds: float, per_call: int) -> float:
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return n * per_call / (time.perf_counter() - t0)
 
 
 def _merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -143,8 +134,7 @@ def throughput(task: str, model_path: Path | None, seconds: float) -> dict[str, 
     else:
         train, val = split_episodes(data, 0.1)
         train_world_model(model, to_torch(train), to_torch(val), WorldModelTrainConfig(max_steps=100, eval_every=50), progress=False)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    result: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_gflops": timed_rate(lambda: torch.mm(a, b), seconds, 2 * 2048**3) / 1e9}
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_gflops": matmul_flops(seconds) / 1e9}
     real = LeggedVelocityVecEnv(env_cfg(task), num_envs=512)
     real.reset(seed=0)
     g = torch.Generator().manual_seed(0)

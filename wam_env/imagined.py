@@ -196,7 +196,61 @@ def scatter_carry(carry: Carry, idx: torch.Tensor, new: Carry) -> None:
         carry[k][idx] = v
 
 
-class ImaginedVecEnv(gym.vector.VectorEnv):
+class CarryVecEnv(gym.vector.VectorEnv):
+    """The loop every imagined vector env shares: ``self.imagination`` (``seed``, ``start``,
+    ``check_action``, ``step``) advances ``self.carry``, with SAME_STEP autoreset.
+
+    Subclasses set ``imagination``, ``num_envs``, ``device``, ``max_episode_length``,
+    ``action_space``, ``episode_length_buf`` (N,) long and ``carry`` = None, say which step
+    outputs go to ``info`` (``info_keys``, besides ``model_diverged``) and what an
+    observation is (``_obs``, read from the carry).
+    """
+
+    info_keys: tuple[str, ...] = ()
+    carry: Carry | None
+
+    def _obs(self) -> Any:
+        return self.carry["obs"].clone()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        """Start every env (or those in ``options["reset_mask"]`` (N,) bool) from real states."""
+        if seed is not None:
+            self.imagination.seed(seed)
+            self.action_space.seed(seed)
+        mask = None if options is None else options.get("reset_mask")
+        if mask is None or self.carry is None:
+            self.carry = self.imagination.start(self.num_envs)
+            self.episode_length_buf.zero_()
+        else:
+            self._restart(torch.as_tensor(mask, device=self.device).nonzero().squeeze(1))
+        return self._obs(), {}
+
+    def step(self, actions: torch.Tensor | np.ndarray) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        if self.carry is None:
+            raise RuntimeError("call reset() before step()")
+        action = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        self.imagination.check_action(action, self.num_envs)
+        self.carry, out = self.imagination.step(self.carry, action)
+        self.episode_length_buf += 1
+        terminated = out["terminated"]
+        truncated = (self.episode_length_buf >= self.max_episode_length) | out["diverged"]
+        done = terminated | truncated
+        info: dict[str, Any] = {"model_diverged": out["diverged"], **{k: out[k] for k in self.info_keys}}
+        if bool(done.any()):
+            info["final_obs"] = self._obs()
+            info["_final_obs"] = done
+            self._restart(done.nonzero().squeeze(1))
+        return self._obs(), out["reward"], terminated, truncated, info
+
+    def _restart(self, idx: torch.Tensor) -> None:
+        scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
+        self.episode_length_buf[idx] = 0
+
+    def close(self, **kwargs: Any) -> None:
+        self.carry = None
+
+
+class ImaginedVecEnv(CarryVecEnv):
     """``num_envs`` imagined episodes advanced together by one world-model call per step.
 
     Observations, rewards and flags are torch tensors on ``device``: obs (N, D) float32,
@@ -214,6 +268,7 @@ class ImaginedVecEnv(gym.vector.VectorEnv):
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP, "render_modes": []}
+    info_keys = ("uncertainty",)
 
     def __init__(
         self,
@@ -248,45 +303,6 @@ class ImaginedVecEnv(gym.vector.VectorEnv):
     def model(self) -> WorldModel:
         """The world model the envs step (as :class:`~wam_env.legged.ImaginedLeggedVecEnv`'s ``model``)."""
         return self.imagination.model
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[torch.Tensor, dict]:
-        """Start every env (or those in ``options["reset_mask"]`` (N,) bool) from real states."""
-        if seed is not None:
-            self.imagination.seed(seed)
-            self.action_space.seed(seed)
-        mask = None if options is None else options.get("reset_mask")
-        if mask is None or self.carry is None:
-            self.carry = self.imagination.start(self.num_envs)
-            self.episode_length_buf.zero_()
-        else:
-            idx = torch.as_tensor(mask, device=self.device).nonzero().squeeze(1)
-            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
-            self.episode_length_buf[idx] = 0
-        return self.carry["obs"].clone(), {}
-
-    def step(self, actions: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        if self.carry is None:
-            raise RuntimeError("call reset() before step()")
-        action = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        self.imagination.check_action(action, self.num_envs)
-        self.carry, out = self.imagination.step(self.carry, action)
-        self.episode_length_buf += 1
-        terminated = out["terminated"]
-        truncated = (self.episode_length_buf >= self.max_episode_length) | out["diverged"]
-        done = terminated | truncated
-        obs = out["obs"]
-        info = {"model_diverged": out["diverged"], "uncertainty": out["uncertainty"]}
-        if bool(done.any()):
-            info["final_obs"] = obs.clone()
-            info["_final_obs"] = done
-            idx = done.nonzero().squeeze(1)
-            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
-            self.episode_length_buf[idx] = 0
-            obs = self.carry["obs"]
-        return obs.clone(), out["reward"], terminated, truncated, info
-
-    def close(self, **kwargs: Any) -> None:
-        self.carry = None
 
 
 class ImaginedEnv(gym.Env):

@@ -27,7 +27,7 @@ from world_models.checkpoint import load_checkpoint
 from world_models.pixel.frames import FrameStore
 from world_models.pixel.model import PixelWorldModel
 
-from wam_env.imagined import scatter_carry
+from wam_env.imagined import CarryVecEnv
 
 
 class PixelImagination:
@@ -117,7 +117,7 @@ class PixelImagination:
                      "coverage": pred.extras["coverage"]}
 
 
-class ImaginedPixelVecEnv(gym.vector.VectorEnv):
+class ImaginedPixelVecEnv(CarryVecEnv):
     """``num_envs`` imagined Push-T episodes, torch tensors on ``device``.
 
     Observations: dict ``pixels`` (N, H, W, 3) uint8, ``agent_pos`` (N, 2) float32; reward (N,)
@@ -128,6 +128,7 @@ class ImaginedPixelVecEnv(gym.vector.VectorEnv):
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
+    info_keys = ("coverage",)
 
     def __init__(self, num_envs: int = 1, model: PixelWorldModel | str | Path | None = None,
                  start_data: str | Path | dict | None = None, device: str | torch.device = "cpu",
@@ -151,44 +152,8 @@ class ImaginedPixelVecEnv(gym.vector.VectorEnv):
     def _obs(self) -> dict[str, torch.Tensor]:
         return {"pixels": self.carry["pixels"].clone(), "agent_pos": self.carry["obs"].float().clone()}
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-        if seed is not None:
-            self.imagination.seed(seed)
-            self.action_space.seed(seed)
-        mask = None if options is None else options.get("reset_mask")
-        if mask is None or self.carry is None:
-            self.carry = self.imagination.start(self.num_envs)
-            self.episode_length_buf.zero_()
-        else:
-            idx = torch.as_tensor(mask, device=self.device).nonzero().squeeze(1)
-            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
-            self.episode_length_buf[idx] = 0
-        return self._obs(), {}
-
-    def step(self, actions: torch.Tensor | np.ndarray):
-        if self.carry is None:
-            raise RuntimeError("call reset() before step()")
-        action = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        self.imagination.check_action(action, self.num_envs)
-        self.carry, out = self.imagination.step(self.carry, action)
-        self.episode_length_buf += 1
-        terminated = out["terminated"]
-        truncated = (self.episode_length_buf >= self.max_episode_length) | out["diverged"]
-        done = terminated | truncated
-        info: dict[str, Any] = {"model_diverged": out["diverged"], "coverage": out["coverage"]}
-        if bool(done.any()):
-            info["final_obs"] = self._obs()
-            info["_final_obs"] = done
-            idx = done.nonzero().squeeze(1)
-            scatter_carry(self.carry, idx, self.imagination.start(len(idx)))
-            self.episode_length_buf[idx] = 0
-        return self._obs(), out["reward"], terminated, truncated, info
-
     def render(self) -> torch.Tensor | None:
         return None if self.carry is None or self.render_mode is None else self.carry["pixels"].clone()
-
-    def close(self, **kwargs: Any) -> None:
-        self.carry = None
 
 
 class ImaginedPixelEnv(gym.Env):
