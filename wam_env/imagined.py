@@ -209,6 +209,15 @@ class CarryVecEnv(gym.vector.VectorEnv):
     info_keys: tuple[str, ...] = ()
     carry: Carry | None
 
+    def _init_buffers(self, num_envs: int, single_observation_space: gym.Space, single_action_space: gym.Space) -> None:
+        """Spaces (single and batched), ``episode_length_buf`` (N,) on ``self.device``, no carry yet."""
+        self.num_envs = num_envs
+        self.single_observation_space, self.single_action_space = single_observation_space, single_action_space
+        self.observation_space = gym.vector.utils.batch_space(single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(single_action_space, num_envs)
+        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.carry = None
+
     def _obs(self) -> Any:
         return self.carry["obs"].clone()
 
@@ -286,18 +295,14 @@ class ImaginedVecEnv(CarryVecEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.imagination = Imagination(model, task, start_data, device, **imagination_kwargs)
         spec = self.imagination.spec
-        self.num_envs = num_envs
         self.device = self.imagination.device
         self.task = self.imagination.task
         self.max_episode_length = int(max_episode_steps or self.task.max_episode_steps)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
-        self.single_action_space = gym.spaces.Box(
-            np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32), dtype=np.float32
+        self._init_buffers(
+            num_envs,
+            gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32),
+            gym.spaces.Box(np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32), dtype=np.float32),
         )
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self.carry: Carry | None = None
 
     @property
     def model(self) -> WorldModel:

@@ -140,14 +140,10 @@ class ImaginedPixelVecEnv(CarryVecEnv):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self.imagination = PixelImagination(model, start_data, device, sample)
-        self.num_envs, self.device, self.render_mode = num_envs, self.imagination.device, render_mode
+        self.device, self.render_mode = self.imagination.device, render_mode
         self.max_episode_length = int(max_episode_steps)
-        self.single_observation_space = gym.spaces.Dict({"pixels": self.imagination.frame_space, "agent_pos": self.imagination.state_space})
-        self.single_action_space = self.imagination.action_box
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self.carry: Carry | None = None
+        self._init_buffers(num_envs, gym.spaces.Dict({"pixels": self.imagination.frame_space, "agent_pos": self.imagination.state_space}),
+                           self.imagination.action_box)
 
     def _obs(self) -> dict[str, torch.Tensor]:
         return {"pixels": self.carry["pixels"].clone(), "agent_pos": self.carry["obs"].float().clone()}
