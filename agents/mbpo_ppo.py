@@ -36,6 +36,9 @@ penalizes the imagined reward by ``lambda * u`` with u the ensemble disagreement
 scaled to the reward: ``lambda = uncertainty_penalty * mean|r| / mean(u)`` measured on an
 imagined rollout of the current policy each iteration, so ``uncertainty_penalty`` is the
 penalty's share of the reward scale (a fixed lambda swamped the reward in the reproduction).
+Online, the penalty holds a policy that has not moved yet where it stands (``rwm22`` in
+BENCHMARKS.md): ``uncertainty_penalty_start`` keeps it off for that many iterations, then
+rolls PPO back to the best policy so far and turns it on (``rwm23``: 13, then 0.3).
 
 Real samples are counted: ``real_steps`` (the given data and the collections) and
 ``guard_real_steps`` (the guard's rollouts) are reported separately; their sum is what the
@@ -97,6 +100,7 @@ class MbpoPPOConfig:
     reset_start_fraction: float | None = None  # imagined episodes started from real reset states (None: imagination_horizon / real episode steps)
     offline: bool = False  # MOPO-PPO: no collection after the initial dataset
     uncertainty_penalty: float = 0.0  # lambda as a share of mean |reward| per unit of mean uncertainty
+    uncertainty_penalty_start: int = 0  # iterations run without the penalty first; at this one PPO rolls back to the best policy and the penalty turns on
     guard_envs: int = 16  # MuJoCo robots in the per-iteration real check
     guard_steps: int = 1000  # steps of that check (20 s, a whole episode: 5 s missed gaits that fall after 6 s)
     guard_gap: float = 1.0  # strike when imagined reward > real reward + guard_gap * max(|real|, guard_floor)...
@@ -307,12 +311,15 @@ def train(
             val_loss = metrics["val_loss"]
         else:
             val_loss = float("nan")
-        if strikes > 0:  # roll back after collecting the data of the policy that struck
+        penalty_on = cfg.uncertainty_penalty > 0 and it >= cfg.uncertainty_penalty_start
+        if strikes > 0 or (penalty_on and it == cfg.uncertainty_penalty_start > 0):
+            # roll back after collecting the data of the policy that struck; the penalty phase starts from the best too
             runner.alg.load(best[1], None, strict=True)
+            strikes = 0 if it == cfg.uncertainty_penalty_start else strikes  # the penalty phase gets its own patience
         # 3. PPO in imagination (MOPO's lambda scaled to this iteration's reward and uncertainty)
         policy = MLPPolicy.from_rsl_rl(runner).cpu()
         lam = 0.0
-        if cfg.uncertainty_penalty > 0:
+        if penalty_on:
             env.uncertainty_penalty = 0.0
             probe = imagined_reward(env, policy, 24, seed=cfg.seed + it)
             lam = cfg.uncertainty_penalty * probe["abs_reward"] / max(probe["uncertainty"], 1e-8)

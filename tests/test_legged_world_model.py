@@ -323,6 +323,38 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     assert len(saved) == 4 and all(torch.equal(a, ends[0]) for a in saved)  # saved after every iteration and at the end: the best so far
 
 
+def test_mbpo_ppo_penalty_turns_on_late_and_resumes_from_the_best_policy(tmp_path, monkeypatch):
+    """``uncertainty_penalty_start=2`` (rwm23's two phases in one run): no penalty at iterations
+    0 and 1; at 2 lambda > 0 and PPO starts from the best policy so far (iteration 0's), not
+    from iteration 1's, which lost real reward without striking."""
+    import agents.mbpo_ppo as mbpo_ppo
+    from agents.policy import MLPPolicy
+
+    r = tiny_anymal_run(tmp_path)
+    real = iter([0.02, 0.015, 0.03])
+    monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
+    monkeypatch.setattr(mbpo_ppo, "imagined_reward",
+                        lambda *a, **k: {"reward": 0.0, "termination_rate": 0.0, "abs_reward": 0.02, "uncertainty": 0.5})
+    probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
+    starts, ends, learn = [], [], mbpo_ppo.OnPolicyRunner.learn
+
+    def learn_spy(self, *args, **kwargs):
+        starts.append(MLPPolicy.from_rsl_rl(self).act(probe))
+        learn(self, *args, **kwargs)
+        ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
+
+    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
+                 "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
+                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false",
+                 "agent.params.uncertainty_penalty=0.3", "agent.params.uncertainty_penalty_start=2"]) == 0
+    history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    assert history["rolled_back"] == [0.0, 0.0, 0.0]
+    assert history["uncertainty_lambda"][:2] == [0.0, 0.0] and history["uncertainty_lambda"][2] == pytest.approx(0.3 * 0.02 / 0.5)
+    assert torch.equal(starts[1], ends[0])  # no strike at 0: iteration 1 continues
+    assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # the penalty phase starts from the best
+
+
 def test_mbpo_ppo_guard_does_not_stop_a_run_whose_real_reward_climbs(tmp_path, monkeypatch):
     """rwm22 (BENCHMARKS.md): imagined reward above the real one by more than the gap at every
     iteration while the real reward climbed (new bests at 1, 2 and 5 of 5); the guard stopped it
