@@ -251,17 +251,19 @@ def test_cli_mbpo_ppo_runs_the_loop_and_logs_real_and_imagined_rewards(tmp_path,
                  "model.forecast=4", "model.train.max_steps=20", "model.train.eval_every=10"]) == 0
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.steps_per_iteration=640",
                  "agent.params.model_train_steps=10", "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=8",
-                 "agent.params.guard_steps=10", "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.1"]) == 0
+                 "agent.params.guard_steps=10", "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.1",
+                 "agent.params.uncertainty_penalty_start=1"]) == 0
     history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
     assert history["real_steps"] == [2016.0, 2656.0]  # 2000 rounded up to 32 robots, then + 640
-    assert len(history["imagined_reward"]) == 2 and history["uncertainty_lambda"][0] > 0
+    assert len(history["imagined_reward"]) == 2 and history["uncertainty_lambda"][0] == 0 and history["uncertainty_lambda"][1] > 0
     assert history["guard_real_steps"] == [80.0]  # 4 robots x 10 steps, twice
     assert len(TransitionStore(tmp_path / "data")) == 2656 + 80  # the new real batch and the guard's episodes were appended
     assert main(["evaluate", *r, f"policy={tmp_path / 'policy'}", "evaluate.episodes=4"]) == 0
     # offline MOPO-PPO: no new real data, a penalty scaled to the reward
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=64", "agent.params.iterations=2", "agent.params.offline=true",
                  "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=8", "agent.params.guard_steps=10",
-                 "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.2", "model.params.forecast_noise=0.5"]) == 0
+                 "agent.params.guard_envs=4", "agent.params.uncertainty_penalty=0.2", "agent.params.uncertainty_penalty_start=0",
+                 "model.params.forecast_noise=0.5"]) == 0
     err = capsys.readouterr().err  # the trained model keeps its own params, and says which of the config's do not apply
     assert "forecast_noise: checkpoint 0.0, config 0.5" in err and "hidden: checkpoint 32, config 128" in err
     offline = json.loads((tmp_path / "mbpo_ppo.json").read_text())
