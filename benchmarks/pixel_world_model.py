@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model train   # collect + train + save (runs/pixel_pusht)
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model eval    # tables, GIF, plot, results.json
+    python -m benchmarks.pixel_world_model oracles                   # PSNR of re-rendered frames with the T or the pusher frozen
 
 ``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise), trains
 ``configs/models/pixel_dit.yaml`` and saves the checkpoint with its start frames and the
@@ -90,6 +91,38 @@ def copy_last_baseline(rows: dict, horizons=HORIZONS) -> dict[str, dict[str, flo
         a, b = px[i], px[i + h]
         out[f"h{h}"] = {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
     return out
+
+
+def oracle_psnr(episodes: int, seed: int, horizons=HORIZONS) -> dict[str, dict[str, float]]:
+    """PSNR at h steps of frames re-rendered by Push-T itself with one part of the state
+    frozen at the start row: which part of the picture a world model has to get right.
+    ``episodes`` fresh episodes of the data collector; starts every 10 steps."""
+    from tasks.pusht import collect_pusht, make_pusht_env
+    from world_models.pixel.training import psnr
+
+    data = collect_pusht(episodes, seed=seed, progress=False)
+    env = make_pusht_env(data["pixels"].shape[1])
+    env.reset(seed=seed)
+    sim = env.unwrapped
+
+    def render(agent: np.ndarray, block: np.ndarray) -> torch.Tensor:
+        sim._set_state(np.array([*agent, *block], dtype=np.float64))
+        return torch.as_tensor(np.ascontiguousarray(sim._render(visualize=False)))
+
+    cases = {"copy the last frame": lambda t0, t: torch.as_tensor(data["pixels"][t0]),
+             "true pusher, T frozen": lambda t0, t: render(data["agent_pos"][t], data["block_pose"][t0]),
+             "true T, pusher frozen": lambda t0, t: render(data["agent_pos"][t0], data["block_pose"][t]),
+             "both true (re-rendered)": lambda t0, t: render(data["agent_pos"][t], data["block_pose"][t])}
+    out: dict[str, dict[str, list]] = {k: {f"h{h}": [] for h in horizons} for k in cases}
+    for e in np.unique(data["episode"]):
+        rows = np.nonzero(data["episode"] == e)[0]
+        for t0 in rows[2:len(rows) - max(horizons):10]:
+            for h in horizons:
+                truth = torch.as_tensor(data["pixels"][t0 + h])
+                for name, predict in cases.items():
+                    out[name][f"h{h}"].append(float(psnr(predict(t0, t0 + h), truth)))
+    env.close()
+    return {name: {k: float(np.mean(v)) for k, v in hs.items()} for name, hs in out.items()}
 
 
 def _policies() -> dict[str, dict]:
@@ -256,16 +289,22 @@ def print_tables(res: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["train", "eval"])
+    p.add_argument("phase", choices=["train", "eval", "oracles"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-from", default=None, help="train: reuse the tokenizer of this checkpoint (skips stage 1)")
     p.add_argument("--starts", type=int, default=16, help="start states per policy (policy evaluation)")
     p.add_argument("--horizon", type=int, default=40, help="steps per policy-evaluation episode")
+    p.add_argument("--episodes", type=int, default=24, help="oracles: fresh episodes to score")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.phase == "train":
         train(Path(args.run), args.seed, args.tokenizer_from)
+    elif args.phase == "oracles":
+        res = oracle_psnr(args.episodes, args.seed + 12345)
+        print("| oracle | " + " | ".join(f"PSNR h={h}" for h in HORIZONS) + " |\n|---|" + "---|" * len(HORIZONS))
+        for name, v in res.items():
+            print(f"| {name} | " + " | ".join(f"{v[f'h{h}']:.2f}" for h in HORIZONS) + " |")
     else:
         evaluate(Path(args.run), args.seed, args.starts, args.horizon)
 
