@@ -312,10 +312,10 @@ def train(
         else:
             val_loss = float("nan")
         penalty_on = cfg.uncertainty_penalty > 0 and it >= cfg.uncertainty_penalty_start
-        if strikes > 0 or (penalty_on and it == cfg.uncertainty_penalty_start > 0):
-            # roll back after collecting the data of the policy that struck; the penalty phase starts from the best too
+        penalty_starts = penalty_on and it == cfg.uncertainty_penalty_start > 0  # from the best policy, with its own patience
+        if strikes > 0 or penalty_starts:  # roll back after collecting the data of the policy that struck
             runner.alg.load(best[1], None, strict=True)
-            strikes = 0 if it == cfg.uncertainty_penalty_start else strikes  # the penalty phase gets its own patience
+        strikes = 0 if penalty_starts else strikes
         # 3. PPO in imagination (MOPO's lambda scaled to this iteration's reward and uncertainty)
         policy = MLPPolicy.from_rsl_rl(runner).cpu()
         lam = 0.0
