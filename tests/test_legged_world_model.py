@@ -282,6 +282,23 @@ def tiny_anymal_run(tmp_path, steps: int = 1000) -> list[str]:
     return r
 
 
+def record_ppo_policies(monkeypatch, probe: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Patch rsl-rl's ``OnPolicyRunner.learn`` to record the actor's actions on ``probe`` before
+    and after every call; returns the two lists it fills (starts, ends)."""
+    import agents.mbpo_ppo as mbpo_ppo
+    from agents.policy import MLPPolicy
+
+    starts, ends, learn = [], [], mbpo_ppo.OnPolicyRunner.learn
+
+    def learn_spy(self, *args, **kwargs):
+        starts.append(MLPPolicy.from_rsl_rl(self).act(probe))
+        learn(self, *args, **kwargs)
+        ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
+
+    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    return starts, ends
+
+
 def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path, monkeypatch):
     """Iteration 1 loses real reward (a drop strike): iteration 2 must collect its real data
     with iteration 1's policy (the model learns what it exploited), then run PPO from
@@ -293,17 +310,12 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     real = iter([0.01, -0.01, 0.009])
     monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
     probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
-    collected, starts, ends = [], [], []
-    collect, learn = mbpo_ppo.collect_legged, mbpo_ppo.OnPolicyRunner.learn
+    collected = []
+    collect = mbpo_ppo.collect_legged
 
     def collect_spy(task, act, *args, **kwargs):
         collected.append(act(probe))
         return collect(task, act, *args, **kwargs)
-
-    def learn_spy(self, *args, **kwargs):
-        starts.append(MLPPolicy.from_rsl_rl(self).act(probe))
-        learn(self, *args, **kwargs)
-        ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
 
     saved, save_state = [], mbpo_ppo.save_runner_state
 
@@ -313,7 +325,7 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
         return out
 
     monkeypatch.setattr(mbpo_ppo, "collect_legged", collect_spy)
-    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    starts, ends = record_ppo_policies(monkeypatch, probe)
     monkeypatch.setattr(mbpo_ppo, "save_runner_state", save_spy)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
                  "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
@@ -330,7 +342,6 @@ def test_mbpo_ppo_penalty_turns_on_late_and_resumes_from_the_best_policy(tmp_pat
     0 and 1; at 2 lambda > 0 and PPO starts from the best policy so far (iteration 0's), not
     from iteration 1's, which lost real reward without striking."""
     import agents.mbpo_ppo as mbpo_ppo
-    from agents.policy import MLPPolicy
 
     r = tiny_anymal_run(tmp_path)
     real = iter([0.02, 0.015, 0.03])
@@ -338,14 +349,7 @@ def test_mbpo_ppo_penalty_turns_on_late_and_resumes_from_the_best_policy(tmp_pat
     monkeypatch.setattr(mbpo_ppo, "imagined_reward",
                         lambda *a, **k: {"reward": 0.0, "termination_rate": 0.0, "abs_reward": 0.02, "uncertainty": 0.5})
     probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
-    starts, ends, learn = [], [], mbpo_ppo.OnPolicyRunner.learn
-
-    def learn_spy(self, *args, **kwargs):
-        starts.append(MLPPolicy.from_rsl_rl(self).act(probe))
-        learn(self, *args, **kwargs)
-        ends.append(MLPPolicy.from_rsl_rl(self).act(probe))
-
-    monkeypatch.setattr(mbpo_ppo.OnPolicyRunner, "learn", learn_spy)
+    starts, ends = record_ppo_policies(monkeypatch, probe)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
                  "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
                  "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false",
