@@ -6,6 +6,7 @@
         --start-from policy --start-margin 0 --action-noise 0 0.5 1.0 --fall-noise 1.0
     .venv/bin/python benchmarks/legged_world_model.py reward-audit --model runs/anymal_rwm3/world_model --start-data runs/anymal_rwm3/data \
         --checkpoints runs/anymal_ppo/tb/policy/model_0.pt runs/anymal_ppo/tb/policy/model_199.pt
+    .venv/bin/python benchmarks/legged_world_model.py falls --task g1_flat --model runs/g1_rwm1/world_model --checkpoints runs/g1_rwm1/policy
 
 - ``prediction``: trains, with equal gradient steps and batch, the dual-autoregressive GRU
   (N = 8), the same GRU teacher-forced (N = 1) and the MLP ensemble on a data mixture
@@ -37,6 +38,13 @@
   sampled with terms on the ensemble mean (``score_mean``), mean): which terms the model gets
   wrong. On MuJoCo, ``joint_acc_l2`` terms are also scored with the acceleration imagination
   computes, the velocity change over the 20 ms control step, beside MuJoCo's ``qacc``.
+- ``falls``: does the model foresee this policy's falls? For each checkpoint, 64 robots x 250
+  steps from reset on MuJoCo and in imagination (every imagined episode starts from one of the
+  policy's real reset states, no restarts, the model's mean unless ``--sample``): the share of
+  robots that fall and when (median step of the first fall), which real termination terms
+  ended the episodes, and the termination head's precision / recall on the real transitions
+  (and the recall of its calibrated probability above 0.5, what imagination without
+  ``--sample`` ends an episode on).
 
 Results go to ``runs/benchmarks/<task>_<part><--tag>.json``; tables are printed as in BENCHMARKS.md.
 """
@@ -381,18 +389,73 @@ def reward_audit(task: str, model_path: Path, checkpoints: list[Path], start_dat
     return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps}
 
 
+def _first_fall_steps(terminated: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """Step (N,) of each env's first termination in (T, N) flags, -1 where its first episode
+    ended by time-out or did not end."""
+    ended = terminated | truncated
+    first_end = ended.float().argmax(0)  # the first True (0 where none)
+    fell = ended.any(0) & terminated.gather(0, first_end[None]).squeeze(0)
+    return torch.where(fell, first_end, -1)
+
+
+def _fall_summary(steps: torch.Tensor) -> dict[str, float | None]:
+    fallen = steps[steps >= 0]
+    return {"fall_fraction": float((steps >= 0).float().mean()), "median_fall_step": float(fallen.median()) if len(fallen) else None}
+
+
+@torch.no_grad()
+def falls(task: str, model_path: Path, checkpoints: list[Path], envs: int, steps: int, seed: int, sample: bool = False) -> dict[str, Any]:
+    """Real vs imagined falls of each checkpoint from reset (see the module docstring)."""
+    files = [f for c in checkpoints for f in (checkpoint_files([c]) if c.is_dir() and not _is_policy_folder(c) else [c])]
+    rows: dict[str, Any] = {}
+    for f in files:
+        real_env = LeggedVelocityVecEnv(env_cfg(task), num_envs=envs, num_threads=1)
+        policy = _audit_policy(f, real_env)
+        obs, _ = real_env.reset(seed=seed)
+        flags, term_counts = [], {}
+        for _ in range(steps):
+            obs, _, terminated, truncated, info = real_env.step(policy.act(obs))
+            flags.append((terminated, truncated))
+            for k, v in info.get("log", {}).items():
+                if k.startswith("Episode_Termination/"):
+                    term_counts[k.split("/", 1)[1]] = term_counts.get(k.split("/", 1)[1], 0) + int(v)
+        real_env.close()
+        real_first = _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
+        real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)  # transitions for the head
+        imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, start_data=real, reset_start_fraction=1.0,
+                                    start_margin_s=0.0, max_episode_steps=steps)
+        obs, _ = imag.reset(seed=seed)
+        flags = []
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = imag.step(policy.act(obs))
+            flags.append((terminated, truncated))
+        imag_first = _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
+        _, logit = imag.model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
+        y = torch.as_tensor(real["terminated"]).bool()
+        p = torch.sigmoid(logit - torch.log(imag.model.heads.pos_weight))
+        row = {"real": _fall_summary(real_first), "imagined": _fall_summary(imag_first), "real_termination_terms": term_counts,
+               "real_transitions": len(y), "real_terminations": int(y.sum()), **termination_metrics(logit, y),
+               "calibrated_recall_p_over_0.5": float((p[y] > 0.5).float().mean()) if y.any() else None}
+        rows[str(f)] = row
+        med = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+        print(f"{f}: fell from reset within {steps} steps: real {row['real']['fall_fraction']:.0%} (median step {med(row['real']['median_fall_step'])}), "
+              f"imagined {row['imagined']['fall_fraction']:.0%} (median step {med(row['imagined']['median_fall_step'])}); real terms {term_counts}; "
+              f"head on {row['real_terminations']} real terminations: precision {row['termination_precision']:.3f} recall {row['termination_recall']:.3f}")
+    return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps, "sample": sample}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval", "reward-audit"))
+    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval", "reward-audit", "falls"))
     parser.add_argument("--task", default="anymal_c_flat", choices=("anymal_c_flat", "g1_flat"))
     parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
     parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
-    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files; reward-audit: those, .pt files or wam policy folders")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="policy-eval: folders of rsl-rl model_*.pt files; reward-audit / falls: those, .pt files or wam policy folders")
     parser.add_argument("--steps", type=int, default=1000, help="prediction / policy-eval without --model: gradient steps per model")
     parser.add_argument("--hidden", type=int, default=128, help="prediction: GRU hidden size")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--start-data", type=Path, default=None, help="reward-audit: dataset folder to start imagined episodes from (default: the checkpoint's)")
-    parser.add_argument("--sample", action="store_true", help="policy-eval: sample the model's predictive distribution (default: its mean)")
+    parser.add_argument("--sample", action="store_true", help="policy-eval / falls: sample the model's predictive distribution (default: its mean)")
     parser.add_argument("--horizon", type=int, default=100,
                         help="policy-eval / reward-audit: imagined steps before an episode restarts from real states (MBPO-PPO's imagination_horizon)")
     parser.add_argument("--start-from", choices=("data", "policy"), default="data",
@@ -412,9 +475,11 @@ def main() -> None:
         result = throughput(args.task, args.model, args.seconds)
     elif not args.checkpoints:
         parser.error(f"{args.part} needs --checkpoints")
+    elif args.part in ("reward-audit", "falls") and args.model is None:
+        parser.error(f"{args.part} needs --model")
+    elif args.part == "falls":
+        result = falls(args.task, args.model, args.checkpoints, 64, 250, args.seed, sample=args.sample)
     elif args.part == "reward-audit":
-        if args.model is None:
-            parser.error("reward-audit needs --model")
         result = reward_audit(args.task, args.model, args.checkpoints, args.start_data, 64, 250, args.seed, horizon=args.horizon)
     else:
         result = policy_eval(args.task, args.model, args.checkpoints, 64, 250, args.seed, train_steps=args.steps, hidden=args.hidden,
