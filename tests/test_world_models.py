@@ -28,6 +28,7 @@ from world_models import (
     WorldModel,
 )
 from world_models.data import WindowSampler, split_episodes, to_torch
+from world_models.heads import member_mean, member_std
 
 SPEC = ModelSpec(obs_dim=3, action_dim=1, action_low=(-2.0,), action_high=(2.0,), history=4, forecast=4)
 SMALL = {
@@ -203,6 +204,14 @@ def test_imagine_shapes_and_uncertainty(name):
     single = small_model("rwm_gru", ensemble=1) if name == "rwm_gru" else small_model(name, elites=1)
     _, pred = single.imagine(single.initial(B), act)
     assert (pred.uncertainty == 0).all()
+
+
+def test_member_mean_and_std_match_torch_on_batch_last_views():
+    out = torch.randn(5, 2 * 6, 9)  # (E, 2D, B): the GRU's ensemble heads compute batch-last
+    mean, _ = out.transpose(1, 2).split(6, dim=-1)  # (E, B, D) views, as imagine reduces them
+    torch.testing.assert_close(member_mean(mean), mean.mean(0))
+    torch.testing.assert_close(member_std(mean), mean.std(0))
+    assert (member_std(mean[:1]) == 0).all()
 
 
 def test_gru_without_heads_predicts_no_reward():

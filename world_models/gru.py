@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
-from world_models.heads import EnsembleLinear, fold_input_change, fold_output_change, masked_mean, member_std, soft_clamp
+from world_models.heads import EnsembleLinear, fold_input_change, fold_output_change, masked_mean, member_mean, member_std, soft_clamp
 from world_models.state_delta import StateDeltaModel
 
 
@@ -193,7 +193,7 @@ class DualAutoregressiveGRU(StateDeltaModel):
             noise = torch.randn(std.shape, device=std.device, dtype=std.dtype, generator=generator)
             delta = torch.addcmul(mean[member, rows], std, noise)
         else:
-            delta = mean.mean(0)
+            delta = member_mean(mean)
         pred = self._prediction(obs, action, delta, mean, sample, member_std(mean).mean(-1))
         return {"obs": pred.obs, "h": h.transpose(0, 1)}, pred
 

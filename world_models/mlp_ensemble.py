@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from world_models.base import Carry, ModelSpec, Prediction, check_batch_shapes
-from world_models.heads import EnsembleMLP, fold_input_change, fold_output_change, member_std, soft_clamp
+from world_models.heads import EnsembleMLP, fold_input_change, fold_output_change, member_mean, member_std, soft_clamp
 from world_models.state_delta import StateDeltaModel
 
 
@@ -137,7 +137,7 @@ class ProbabilisticEnsemble(StateDeltaModel):
             noise = torch.randn(std.shape, device=std.device, dtype=std.dtype, generator=generator)
             delta = torch.addcmul(mean[pick, rows], std, noise)
         else:
-            delta = mean.mean(0)
+            delta = member_mean(mean)
         pred = self._prediction(obs, action, delta, mean, sample, member_std(mean).mean(-1))
         return {"obs": pred.obs}, pred
 

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from world_models.base import ModelSpec, Prediction, WorldModel
-from world_models.heads import TransitionHeads
+from world_models.heads import TransitionHeads, member_mean
 from world_models.normalizer import Normalizer
 
 
@@ -69,7 +69,7 @@ class StateDeltaModel(WorldModel):
         contacts = self.contact_logits(obs, action, next_obs)
         extras: dict[str, torch.Tensor] = {}
         if sample:
-            extras["mean_obs"] = obs + self.delta_normalizer.denormalize(member_means.mean(0))
+            extras["mean_obs"] = obs + self.delta_normalizer.denormalize(member_mean(member_means))
             if contacts is not None:
                 extras["mean_contacts"] = self.contact_logits(obs, action, extras["mean_obs"])
         return Prediction(obs=next_obs, uncertainty=uncertainty, reward=reward, termination_logit=logit, contacts=contacts, extras=extras)
