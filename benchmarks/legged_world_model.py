@@ -418,7 +418,8 @@ def falls(task: str, model_path: Path, checkpoints: list[Path], envs: int, steps
             flags.append((terminated, truncated))
             for k, v in info.get("log", {}).items():
                 if k.startswith("Episode_Termination/"):
-                    term_counts[k.split("/", 1)[1]] = term_counts.get(k.split("/", 1)[1], 0) + int(v)
+                    term = k.removeprefix("Episode_Termination/")
+                    term_counts[term] = term_counts.get(term, 0) + int(v)
         real_env.close()
         real_first = _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
         real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)  # transitions for the head
