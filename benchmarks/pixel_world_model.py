@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model train   # collect + train + save (runs/pixel_pusht)
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model eval    # tables, GIF, plot, results.json
     python -m benchmarks.pixel_world_model oracles                   # PSNR of re-rendered frames with the T or the pusher frozen
+    OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model tokenizer --latent-channels 32 --tag _c32   # stage 1 alone, resized
 
 ``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise), trains
 ``configs/models/pixel_dit.yaml`` and saves the checkpoint with its start frames and the
@@ -18,16 +19,18 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
 from world_models import build_model, load_checkpoint, save_checkpoint
+from world_models.base import ModelSpec
 from world_models.checkpoint import read_config
 from world_models.data import split_episodes
 from world_models.pixel.frames import FrameStore, frame_model_spec
-from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model
+from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 8, 16)
@@ -38,10 +41,11 @@ def load_cfg() -> tuple[dict, dict]:
             yaml.safe_load((ROOT / "configs/tasks/pusht.yaml").read_text()))
 
 
-def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
+def _frames(run: Path, seed: int, model_cfg: dict, task_cfg: dict) -> tuple[dict, dict, dict, ModelSpec]:
+    """The run's frame data (collected into ``run/data`` first if missing): all rows, the
+    train / held-out split and the model spec."""
     from tasks.pusht import collect_pusht, frame_dataset_meta
 
-    model_cfg, task_cfg = load_cfg()
     store_path = run / "data"
     if not (store_path / "meta.json").exists():
         t0 = time.time()
@@ -52,8 +56,14 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
     store = FrameStore(store_path)
     data = store.load()
     tr, va = split_episodes(data, float(model_cfg["val_fraction"]), seed=seed)
-    torch.manual_seed(seed)
     spec = frame_model_spec({**frame_dataset_meta(), **store.meta}, int(model_cfg["history"]), int(model_cfg["forecast"]), float(model_cfg["dt"]))
+    return data, tr, va, spec
+
+
+def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
+    model_cfg, task_cfg = load_cfg()
+    data, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
+    torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **model_cfg["params"])
     cfg = PixelTrainConfig(**model_cfg["train"], seed=seed)
     reused = {}
@@ -76,6 +86,25 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
                     tensors={"start/pixels": torch.as_tensor(data["pixels"][first]),
                              "start/agent_pos": torch.as_tensor(data["agent_pos"][first])})
     print(json.dumps(metrics, indent=2))
+
+
+def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels: list[int] | None, steps: int | None,
+                    tag: str) -> dict[str, Any]:
+    """Stage 1 alone with the tokenizer's size changed (``None``: the config's): round-trip
+    PSNR / SSIM on the held-out frames and wall-clock, written to ``run/tokenizer<tag>.json``."""
+    model_cfg, task_cfg = load_cfg()
+    _, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
+    params = {**model_cfg["params"], **({"latent_channels": latent_channels} if latent_channels else {}),
+              **({"tokenizer_channels": channels} if channels else {})}
+    torch.manual_seed(seed)
+    model = build_model("pixel_dit", spec, **params)
+    cfg = PixelTrainConfig(**{**model_cfg["train"], **({"tokenizer_steps": steps} if steps else {})}, seed=seed)
+    metrics = train_tokenizer(model, tr, va, cfg)
+    res = {**metrics, "latent_channels": params["latent_channels"], "tokenizer_channels": params["tokenizer_channels"],
+           "tokenizer_steps": cfg.tokenizer_steps, "tokenizer_parameters": sum(p.numel() for p in model.tokenizer.parameters())}
+    (run / f"tokenizer{tag}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
 
 
 def copy_last_baseline(rows: dict, horizons=HORIZONS) -> dict[str, dict[str, float]]:
@@ -289,17 +318,23 @@ def print_tables(res: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["train", "eval", "oracles"])
+    p.add_argument("phase", choices=["train", "eval", "oracles", "tokenizer"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-from", default=None, help="train: reuse the tokenizer of this checkpoint (skips stage 1)")
     p.add_argument("--starts", type=int, default=16, help="start states per policy (policy evaluation)")
     p.add_argument("--horizon", type=int, default=40, help="steps per policy-evaluation episode")
     p.add_argument("--episodes", type=int, default=24, help="oracles: fresh episodes to score")
+    p.add_argument("--latent-channels", type=int, default=None, help="tokenizer: latent channels (default: the config's)")
+    p.add_argument("--tokenizer-channels", type=int, nargs=4, default=None, help="tokenizer: stem and stage widths (default: the config's)")
+    p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer: training steps (default: the config's)")
+    p.add_argument("--tag", default="", help="tokenizer: suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.phase == "train":
         train(Path(args.run), args.seed, args.tokenizer_from)
+    elif args.phase == "tokenizer":
+        tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag)
     elif args.phase == "oracles":
         res = oracle_psnr(args.episodes, args.seed + 12345)
         print("| oracle | " + " | ".join(f"PSNR h={h}" for h in HORIZONS) + " |\n|---|" + "---|" * len(HORIZONS))

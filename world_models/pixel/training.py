@@ -86,17 +86,27 @@ def _rows(data: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[str, Any], cfg: PixelTrainConfig,
                       progress: bool = True) -> dict[str, float]:
-    """Train ``model`` on frame rows (see :mod:`world_models.pixel.frames`), in place.
+    """Train ``model`` on frame rows (see :mod:`world_models.pixel.frames`), in place: the
+    tokenizer (:func:`train_tokenizer`), then the DiT and heads (:func:`train_dynamics`).
 
     Returns metrics: ``tokenizer_psnr`` / ``tokenizer_ssim`` (held-out reconstructions),
     final losses, and wall-clock seconds per stage.
     """
+    tr = _rows(train)
+    metrics = train_tokenizer(model, tr, val, cfg, progress=progress)
+    metrics.update(train_dynamics(model, tr, cfg, fit_stats=True, progress=progress))
+    return metrics
+
+
+def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str, Any], cfg: PixelTrainConfig,
+                    progress: bool = True) -> dict[str, float]:
+    """Stage 1: ``cfg.tokenizer_steps`` AdamW steps (cosine schedule) of the tokenizer's
+    reconstruction loss on clips of ``train`` rows; returns ``tokenizer_seconds`` and the
+    round trip on ``val`` (:func:`reconstruction_metrics`)."""
     torch.manual_seed(cfg.seed)
-    tr, va = _rows(train), _rows(val)
-    metrics: dict[str, float] = {}
+    tr = _rows(train)
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = model.latent_mean.device
-
     t0 = time.time()
     model.tokenizer.train()
     opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg.tokenizer_lr, weight_decay=0.0)
@@ -111,12 +121,7 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
         opt.step()
         sched.step()
         bar.set_postfix(mse=f"{float(out['mse']):.5f}")
-    metrics["tokenizer_seconds"] = time.time() - t0
-    rec = reconstruction_metrics(model, va)
-    metrics.update(rec)
-
-    metrics.update(train_dynamics(model, tr, cfg, fit_stats=True, progress=progress))
-    return metrics
+    return {"tokenizer_seconds": time.time() - t0, **reconstruction_metrics(model, val)}
 
 
 def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
