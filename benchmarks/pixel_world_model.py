@@ -94,11 +94,11 @@ def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels:
     PSNR / SSIM on the held-out frames and wall-clock, written to ``run/tokenizer<tag>.json``."""
     model_cfg, task_cfg = load_cfg()
     _, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
-    params = {**model_cfg["params"], **({"latent_channels": latent_channels} if latent_channels else {}),
-              **({"tokenizer_channels": channels} if channels else {})}
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    params = {**model_cfg["params"], **given(latent_channels=latent_channels, tokenizer_channels=channels)}
     torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **params)
-    cfg = PixelTrainConfig(**{**model_cfg["train"], **({"tokenizer_steps": steps} if steps else {})}, seed=seed)
+    cfg = PixelTrainConfig(**{**model_cfg["train"], **given(tokenizer_steps=steps)}, seed=seed)
     metrics = train_tokenizer(model, tr, va, cfg)
     res = {**metrics, "latent_channels": params["latent_channels"], "tokenizer_channels": params["tokenizer_channels"],
            "tokenizer_steps": cfg.tokenizer_steps, "tokenizer_parameters": sum(p.numel() for p in model.tokenizer.parameters())}

@@ -92,9 +92,8 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
     Returns metrics: ``tokenizer_psnr`` / ``tokenizer_ssim`` (held-out reconstructions),
     final losses, and wall-clock seconds per stage.
     """
-    tr = _rows(train)
-    metrics = train_tokenizer(model, tr, val, cfg, progress=progress)
-    metrics.update(train_dynamics(model, tr, cfg, fit_stats=True, progress=progress))
+    metrics = train_tokenizer(model, train, val, cfg, progress=progress)
+    metrics.update(train_dynamics(model, train, cfg, fit_stats=True, progress=progress))
     return metrics
 
 
