@@ -60,8 +60,9 @@ def _frames(run: Path, seed: int, model_cfg: dict, task_cfg: dict) -> tuple[dict
     return data, tr, va, spec
 
 
-def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
+def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: dict[str, Any] | None = None) -> None:
     model_cfg, task_cfg = load_cfg()
+    model_cfg["params"].update(overrides or {})
     data, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
     torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **model_cfg["params"])
@@ -91,7 +92,9 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None) -> None:
 def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels: list[int] | None, steps: int | None,
                     tag: str) -> dict[str, Any]:
     """Stage 1 alone with the tokenizer's size changed (``None``: the config's): round-trip
-    PSNR / SSIM on the held-out frames and wall-clock, written to ``run/tokenizer<tag>.json``."""
+    PSNR / SSIM on the held-out frames and wall-clock, written to ``run/tokenizer<tag>.json``;
+    the model (tokenizer trained, the rest untouched) is saved to ``run/tokenizer<tag>/`` for
+    ``train --tokenizer-from``."""
     model_cfg, task_cfg = load_cfg()
     _, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
@@ -103,6 +106,7 @@ def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels:
     res = {**metrics, "latent_channels": params["latent_channels"], "tokenizer_channels": params["tokenizer_channels"],
            "tokenizer_steps": cfg.tokenizer_steps, "tokenizer_parameters": sum(p.numel() for p in model.tokenizer.parameters())}
     (run / f"tokenizer{tag}.json").write_text(json.dumps(res, indent=2))
+    save_checkpoint(model, run / f"tokenizer{tag}", extra={"task": "pusht", "metrics": res})
     print(json.dumps(res, indent=2))
     return res
 
@@ -328,11 +332,20 @@ def main() -> None:
     p.add_argument("--latent-channels", type=int, default=None, help="tokenizer: latent channels (default: the config's)")
     p.add_argument("--tokenizer-channels", type=int, nargs=4, default=None, help="tokenizer: stem and stage widths (default: the config's)")
     p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer: training steps (default: the config's)")
-    p.add_argument("--tag", default="", help="tokenizer: suffix of the result file")
+    p.add_argument("--tag", default="", help="tokenizer: suffix of the result file and checkpoint folder")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="train: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
     args = p.parse_args()
+    known = load_cfg()[0]["params"]
+    overrides = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            p.error(f"--param {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        overrides[key] = yaml.safe_load(value)
     torch.set_num_threads(1)
     if args.phase == "train":
-        train(Path(args.run), args.seed, args.tokenizer_from)
+        train(Path(args.run), args.seed, args.tokenizer_from, overrides)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag)
     elif args.phase == "oracles":

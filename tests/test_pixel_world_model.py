@@ -149,6 +149,36 @@ def test_residual_model_with_agent_maps_follows_actions(trained_square_model):
         model.fit_latent_stats(torch.zeros(4, 4, 2, 2))
 
 
+def test_agent_loss_weight_focuses_the_flow_loss_on_the_agent():
+    """The flow loss's per-cell weights peak (1 + weight) at the latent cells where the agent is
+    before and after a step, stay near 1 far from it, and change the loss only through those
+    cells; a negative weight is refused."""
+    model = build_model("pixel_dit", spec(), **TINY, agent_maps=True, residual=True, agent_loss_weight=4.0)
+    states = torch.tensor([[[-0.5, -0.5], [-0.5, -0.5], [0.5, 0.5]]])  # (B=1, L=3, 2): top left, then bottom right
+    w = model.flow_weights(states)
+    side = SIZE // 8
+    assert w.shape == (1, 2, side, side)
+    assert float(w[0, 0, 0, 0]) == pytest.approx(5.0, abs=1e-4)  # stayed at the top-left cell
+    assert float(w[0, 1, 0, 0]) == pytest.approx(5.0, abs=1e-4) and float(w[0, 1, 1, 1]) == pytest.approx(5.0, abs=1e-4)
+    assert float(w[0, 0, 1, 1]) == pytest.approx(1 + 4.0 * np.exp(-1.0), abs=1e-4)  # one cell off on both axes (std 1 cell)
+    assert build_model("pixel_dit", spec(), **TINY).flow_weights(states) is None
+    rows = square_rows(4, steps=6)
+    windows = FrameWindows({**{k: rows[k] for k in ("agent_pos", "action", "coverage", "episode")},
+                            "latents": torch.randn(len(rows["step"]), 4, side, side)}, context=2, future=1, seed=0)
+    batch = windows.sample(8)
+    torch.manual_seed(0)
+    plain = build_model("pixel_dit", spec(), **TINY, agent_maps=True, residual=True)
+    plain.dit.out.weight.data.normal_()  # a velocity field that is not zero, so that errors differ per cell
+    model.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    flow_plain = plain.loss(batch)["flow"]
+    torch.manual_seed(1)
+    flow_weighted = model.loss(batch)["flow"]
+    assert torch.isfinite(flow_weighted) and float(flow_weighted) != pytest.approx(float(flow_plain), rel=1e-3)
+    with pytest.raises(ValueError, match="agent_loss_weight"):
+        build_model("pixel_dit", spec(), **TINY, agent_loss_weight=-1.0)
+
+
 def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):
     from gymnasium.utils.env_checker import check_env
 

@@ -48,6 +48,8 @@ class PixelWorldModel(WorldModel):
         residual: the flow generates the change from the last context latent, in units of the
             per-channel std of frame-to-frame changes (``delta_std``), instead of the latent itself:
             still parts of the scene stay exactly as they were unless the model moves them.
+        agent_loss_weight: extra flow-loss weight on the latent cells around the agent before and
+            after each step (see :meth:`flow_weights`; 0 = a plain mean over cells).
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -59,7 +61,7 @@ class PixelWorldModel(WorldModel):
                  tokenizer_channels: tuple[int, ...] = (16, 32, 64, 96), dim: int = 128, depth: int = 4,
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
-                 agent_maps: bool = False, residual: bool = False):
+                 agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -74,15 +76,18 @@ class PixelWorldModel(WorldModel):
                             tokenizer_channels=list(tokenizer_channels), dim=dim, depth=depth, heads=heads,
                             patch=patch, sample_steps=sample_steps, context_noise=context_noise,
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
-                            reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual)
+                            reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
+                            agent_loss_weight=agent_loss_weight)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
         self.success_coverage = success_coverage
-        self.agent_maps, self.residual = agent_maps, residual
+        self.agent_maps, self.residual, self.agent_loss_weight = agent_maps, residual, agent_loss_weight
         s, a = spec.obs_dim, spec.action_dim
         if agent_maps and (s != 2 or a != 2):
             raise ValueError(f"agent_maps needs a 2-D agent state and action (image x, y), got {s} and {a}")
+        if agent_loss_weight < 0 or (agent_loss_weight and s != 2):
+            raise ValueError(f"agent_loss_weight must be >= 0 and needs a 2-D agent state (image x, y), got {agent_loss_weight} and {s}")
         self.map_side = (self.latent_size // patch) * self.MAP_CELLS
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels))
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
@@ -135,24 +140,42 @@ class PixelWorldModel(WorldModel):
         for a residual model); states / actions use their boxes."""
         self.fit_latent_stats(data["latents"], data.get("episode"))
 
+    @staticmethod
+    def heat_map(pos: torch.Tensor, side: int, sigma_cells: float) -> torch.Tensor:
+        """Gaussian heat maps (..., side rows, side cols) of normalized image positions (..., 2)
+        in [-1, 1] (x = image column, y = image row), std ``sigma_cells`` cells, peak 1."""
+        centers = (torch.arange(side, device=pos.device, dtype=torch.float32) + 0.5) / side * 2 - 1
+        sigma = sigma_cells * 2 / side
+        gx = torch.exp(-(centers - pos[..., :1]) ** 2 / (2 * sigma**2))  # (..., side) over columns
+        gy = torch.exp(-(centers - pos[..., 1:]) ** 2 / (2 * sigma**2))  # (..., side) over rows
+        return gy[..., :, None] * gx[..., None, :]
+
     def token_maps(self, pos: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
         """Per-token heat maps (..., tokens, 2 * MAP_CELLS^2) of normalized agent positions and
         action targets (..., 2) in [-1, 1] (x = image column, y = image row); None without ``agent_maps``."""
         if not self.agent_maps:
             return None
         r, c = self.map_side, self.MAP_CELLS
-        centers = (torch.arange(r, device=pos.device, dtype=torch.float32) + 0.5) / r * 2 - 1
-        sigma = 0.75 * 2 / r  # three quarters of a cell
+        t = r // c
 
-        def heat(p: torch.Tensor) -> torch.Tensor:
-            gx = torch.exp(-(centers - p[..., :1]) ** 2 / (2 * sigma**2))  # (..., r) over columns
-            gy = torch.exp(-(centers - p[..., 1:]) ** 2 / (2 * sigma**2))  # (..., r) over rows
-            m = gy[..., :, None] * gx[..., None, :]  # (..., r rows, r cols)
-            t = r // c
+        def per_token(p: torch.Tensor) -> torch.Tensor:
+            m = self.heat_map(p, r, 0.75)  # three quarters of a cell
             m = m.reshape(*m.shape[:-2], t, c, t, c).transpose(-3, -2)
             return m.reshape(*m.shape[:-4], t * t, c * c)
 
-        return torch.cat([heat(pos), heat(action)], dim=-1)
+        return torch.cat([per_token(pos), per_token(action)], dim=-1)
+
+    def flow_weights(self, states: torch.Tensor) -> torch.Tensor | None:
+        """Per-latent-cell weights (B, L-1, h, w) of the flow loss for frames 1..L-1 from the
+        normalized agent states (B, L, 2) of a window: 1 + ``agent_loss_weight`` x a heat map
+        (std one cell) of where the agent was before the step and where it is after it. The
+        weights depend on the conditioning only, so the loss's minimizer stays the conditional
+        mean velocity; they move the model's capacity to the few cells where the agent moves
+        and pushes (the pusher is half a latent cell). None when the weight is 0."""
+        if not self.agent_loss_weight:
+            return None
+        heat = self.heat_map(states, self.latent_size, 1.0)  # (B, L, h, w)
+        return 1.0 + self.agent_loss_weight * torch.maximum(heat[:, :-1], heat[:, 1:])
 
     # ---- protocol ------------------------------------------------------------------------
     def initial(self, batch: int) -> Carry:
@@ -272,7 +295,9 @@ class PixelWorldModel(WorldModel):
         v = self.dit(clean, 1 - level, cond, xt, tau, cond[:, 1:], torch.arange(1, l, device=dev),
                      maps, None if maps is None else maps[:, 1:])
         valid = batch["valid"][:, 1:].float()
-        per_frame = (v - (x1 - x0)).pow(2).mean(dim=(2, 3, 4))
+        err = (v - (x1 - x0)).pow(2).mean(dim=2)  # (B, L-1, h, w)
+        weights = self.flow_weights(states)
+        per_frame = err.mean(dim=(2, 3)) if weights is None else (err * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
         flow = (per_frame * valid).sum() / valid.sum().clamp_min(1)
         # coverage head on clean and on context-noised latents (imagined latents are never exact)
         zs = torch.cat([batch["latents"].float(), self.denorm_latent(clean)], dim=0).flatten(0, 1)
