@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model eval    # tables, GIF, plot, results.json
     python -m benchmarks.pixel_world_model oracles                   # PSNR of re-rendered frames with the T or the pusher frozen
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model tokenizer --latent-channels 32 --tag _c32   # stage 1 alone, resized
+    OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model train --run R2 --continue-from R1/world_model  # more DiT steps
 
 ``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise), trains
 ``configs/models/pixel_dit.yaml`` and saves the checkpoint with its start frames and the
@@ -30,7 +31,7 @@ from world_models.base import ModelSpec
 from world_models.checkpoint import read_config
 from world_models.data import split_episodes
 from world_models.pixel.frames import FrameStore, frame_model_spec
-from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_pixel_model, train_tokenizer
+from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_dynamics, train_pixel_model, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 8, 16)
@@ -86,6 +87,22 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
                     extra={"task": "pusht", "metrics": metrics, "val_episodes": np.unique(va["episode"]).tolist()},
                     tensors={"start/pixels": torch.as_tensor(data["pixels"][first]),
                              "start/agent_pos": torch.as_tensor(data["agent_pos"][first])})
+    print(json.dumps(metrics, indent=2))
+
+
+def continue_training(run: Path, seed: int, source: str, steps: int | None) -> None:
+    """More DiT + head steps on a trained checkpoint ``source`` (same data, tokenizer and latent
+    units kept; a fresh cosine schedule of ``steps``, default the config's ``dynamics_steps``),
+    saved to ``run/world_model`` with the wall-clock of both parts."""
+    model_cfg, task_cfg = load_cfg()
+    data, tr, _, _ = _frames(run, seed, model_cfg, task_cfg)
+    model, extra, tensors = load_checkpoint(source)
+    cfg = PixelTrainConfig(**{**model_cfg["train"], **({"dynamics_steps": steps} if steps else {})}, seed=seed + 1)
+    more = train_dynamics(model, tr, cfg)
+    metrics = {**extra["metrics"], **more, "continued_from": str(source), "continued_steps": cfg.dynamics_steps}
+    metrics["dynamics_seconds"] = extra["metrics"]["dynamics_seconds"] + more["dynamics_seconds"]
+    metrics["train_seconds"] = metrics["tokenizer_seconds"] + metrics["dynamics_seconds"]
+    save_checkpoint(model, run / "world_model", extra={**extra, "metrics": metrics}, tensors=tensors)
     print(json.dumps(metrics, indent=2))
 
 
@@ -333,6 +350,8 @@ def main() -> None:
     p.add_argument("--tokenizer-channels", type=int, nargs=4, default=None, help="tokenizer: stem and stage widths (default: the config's)")
     p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer: training steps (default: the config's)")
     p.add_argument("--tag", default="", help="tokenizer: suffix of the result file and checkpoint folder")
+    p.add_argument("--continue-from", default=None, help="train: more DiT steps on this trained checkpoint (same data)")
+    p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="train: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
     args = p.parse_args()
@@ -345,7 +364,10 @@ def main() -> None:
         overrides[key] = yaml.safe_load(value)
     torch.set_num_threads(1)
     if args.phase == "train":
-        train(Path(args.run), args.seed, args.tokenizer_from, overrides)
+        if args.continue_from:
+            continue_training(Path(args.run), args.seed, args.continue_from, args.dynamics_steps)
+        else:
+            train(Path(args.run), args.seed, args.tokenizer_from, overrides)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag)
     elif args.phase == "oracles":
