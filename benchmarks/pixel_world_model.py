@@ -31,7 +31,8 @@ from world_models.base import ModelSpec
 from world_models.checkpoint import read_config
 from world_models.data import split_episodes
 from world_models.pixel.frames import FrameStore, frame_model_spec
-from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, train_dynamics, train_pixel_model, train_tokenizer
+from world_models.pixel.tokenizer import to_uint8
+from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, psnr, train_dynamics, train_pixel_model, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 8, 16)
@@ -107,7 +108,7 @@ def continue_training(run: Path, seed: int, source: str, steps: int | None) -> N
 
 
 def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels: list[int] | None, steps: int | None,
-                    tag: str) -> dict[str, Any]:
+                    tag: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 1 alone with the tokenizer's size changed (``None``: the config's): round-trip
     PSNR / SSIM on the held-out frames and wall-clock, written to ``run/tokenizer<tag>.json``;
     the model (tokenizer trained, the rest untouched) is saved to ``run/tokenizer<tag>/`` for
@@ -115,17 +116,38 @@ def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels:
     model_cfg, task_cfg = load_cfg()
     _, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
-    params = {**model_cfg["params"], **given(latent_channels=latent_channels, tokenizer_channels=channels)}
+    params = {**model_cfg["params"], **(overrides or {}), **given(latent_channels=latent_channels, tokenizer_channels=channels)}
     torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **params)
     cfg = PixelTrainConfig(**{**model_cfg["train"], **given(tokenizer_steps=steps)}, seed=seed)
     metrics = train_tokenizer(model, tr, va, cfg)
-    res = {**metrics, "latent_channels": params["latent_channels"], "tokenizer_channels": params["tokenizer_channels"],
+    metrics["frozen_latent"] = frozen_latent_psnr(model, va)
+    res = {**metrics, "decoder_agent_radius": params.get("decoder_agent_radius", 0.0),
+           "latent_channels": params["latent_channels"], "tokenizer_channels": params["tokenizer_channels"],
            "tokenizer_steps": cfg.tokenizer_steps, "tokenizer_parameters": sum(p.numel() for p in model.tokenizer.parameters())}
     (run / f"tokenizer{tag}.json").write_text(json.dumps(res, indent=2))
     save_checkpoint(model, run / f"tokenizer{tag}", extra={"task": "pusht", "metrics": res})
     print(json.dumps(res, indent=2))
     return res
+
+
+@torch.no_grad()
+def frozen_latent_psnr(model, rows: dict, horizons=HORIZONS, starts: int = 256) -> dict[str, float]:
+    """PSNR of frame t's latent decoded at the agent position of frame t + h against frame t + h
+    (held-out rows): what a dynamics model that never changed the latent would score. A tokenizer
+    that draws the agent from its state (``decoder_agent_radius`` > 0) scores "true pusher, T frozen"
+    here; one that does not, "copy the last frame" through the tokenizer."""
+    r = {k: torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
+    ep, out = r["episode"], {}
+    cand = torch.arange(len(ep) - max(horizons))
+    cand = cand[ep[cand + max(horizons)] == ep[cand]]
+    start = cand[torch.randperm(len(cand), generator=torch.Generator().manual_seed(0))[:starts]]
+    z = encode_rows(model, r)[start]
+    for h in horizons:
+        pos = model.norm_obs(r["agent_pos"][start + h].float())
+        frames = to_uint8(model.tokenizer.decode(z, pos))
+        out[f"h{h}"] = float(psnr(frames, r["pixels"][start + h]).mean())
+    return out
 
 
 def copy_last_baseline(rows: dict, horizons=HORIZONS) -> dict[str, dict[str, float]]:
@@ -353,7 +375,7 @@ def main() -> None:
     p.add_argument("--continue-from", default=None, help="train: more DiT steps on this trained checkpoint (same data)")
     p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="train: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
+                   help="train, tokenizer: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
     args = p.parse_args()
     known = load_cfg()[0]["params"]
     overrides = {}
@@ -369,7 +391,8 @@ def main() -> None:
         else:
             train(Path(args.run), args.seed, args.tokenizer_from, overrides)
     elif args.phase == "tokenizer":
-        tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag)
+        tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag,
+                        overrides)
     elif args.phase == "oracles":
         res = oracle_psnr(args.episodes, args.seed + 12345)
         print("| oracle | " + " | ".join(f"PSNR h={h}" for h in HORIZONS) + " |\n|---|" + "---|" * len(HORIZONS))

@@ -13,7 +13,8 @@ from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoin
 from world_models.data import DatasetError
 from world_models.pixel.frames import FrameStore, FrameWindows
 from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
-from world_models.pixel.training import PixelTrainConfig, open_loop, psnr, ssim, train_dynamics, train_pixel_model
+from world_models.pixel.training import (PixelTrainConfig, open_loop, psnr, ssim, train_dynamics, train_pixel_model,
+                                         train_tokenizer)
 
 SIZE = 16
 TINY = dict(frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32, depth=2, heads=2,
@@ -177,6 +178,32 @@ def test_agent_loss_weight_focuses_the_flow_loss_on_the_agent():
     assert torch.isfinite(flow_weighted) and float(flow_weighted) != pytest.approx(float(flow_plain), rel=1e-3)
     with pytest.raises(ValueError, match="agent_loss_weight"):
         build_model("pixel_dit", spec(), **TINY, agent_loss_weight=-1.0)
+
+
+def test_decoder_draws_the_agent_from_its_state():
+    """With ``decoder_agent_radius`` the decoder draws the agent where its state says: trained
+    with the swap loss on clips where only the agent moved, a frame's latent decoded at another
+    position shows the square there and not where the latent saw it. Without a position it
+    refuses to decode."""
+    torch.manual_seed(0)
+    rows = square_rows()
+    rows["block_pose"] = np.zeros((len(rows["step"]), 3), np.float32)  # nothing but the agent moves
+    model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0)
+    cfg = PixelTrainConfig(tokenizer_steps=150, tokenizer_batch=16, tokenizer_lr=3e-3)
+    train_tokenizer(model, rows, square_rows(4, seed=1), cfg, progress=False)
+    here, there = np.array([[100.0, 100.0]] * 2), np.array([[400.0, 380.0], [100.0, 100.0]])
+    with torch.no_grad():
+        z = model.tokenizer.encode_next(to_unit(torch.as_tensor(square_frames(here))), to_unit(torch.as_tensor(square_frames(here))))
+        frames = to_uint8(model.tokenizer.decode(z, model.norm_obs(torch.as_tensor(there, dtype=torch.float32))))
+    moved, stayed = torch.as_tensor(square_frames(there)), torch.as_tensor(square_frames(here))
+    assert float(psnr(frames[0], moved[0])) > float(psnr(frames[0], stayed[0])) + 3  # drawn at the state, not the latent
+    assert float(psnr(frames[1], stayed[1])) > 20
+    with pytest.raises(ValueError, match="agent_pos"):
+        model.tokenizer.decode(z)
+    clip = to_unit(torch.as_tensor(square_frames(np.concatenate([here[:1], there[:1]])))[None])  # (1, 2, 3, H, W)
+    pos = model.norm_obs(torch.tensor([[[100.0, 100.0], [400.0, 380.0]]]))
+    assert "swap_mse" in model.tokenizer.loss(clip, pos, torch.tensor([True]))
+    assert "swap_mse" not in model.tokenizer.loss(clip, pos, torch.tensor([False]))
 
 
 def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):

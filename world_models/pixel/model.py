@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from world_models.base import Carry, ModelSpec, Prediction, WorldModel
 from world_models.pixel.dynamics import LatentFlowDiT
 from world_models.pixel.reward import AgentHead, CoverageHead
-from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
+from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
 
 
 class PixelWorldModel(WorldModel):
@@ -50,6 +50,9 @@ class PixelWorldModel(WorldModel):
             still parts of the scene stay exactly as they were unless the model moves them.
         agent_loss_weight: extra flow-loss weight on the latent cells around the agent before and
             after each step (see :meth:`flow_weights`; 0 = a plain mean over cells).
+        decoder_agent_radius: > 0: the tokenizer's decoder draws the agent from its (imagined)
+            state, a heat map of this std in pixels (see :class:`CausalVideoTokenizer`); 0: the
+            agent is drawn from the latent alone.
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -61,7 +64,8 @@ class PixelWorldModel(WorldModel):
                  tokenizer_channels: tuple[int, ...] = (16, 32, 64, 96), dim: int = 128, depth: int = 4,
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
-                 agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0):
+                 agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
+                 decoder_agent_radius: float = 0.0):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -77,7 +81,7 @@ class PixelWorldModel(WorldModel):
                             patch=patch, sample_steps=sample_steps, context_noise=context_noise,
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
-                            agent_loss_weight=agent_loss_weight)
+                            agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -86,10 +90,11 @@ class PixelWorldModel(WorldModel):
         s, a = spec.obs_dim, spec.action_dim
         if agent_maps and (s != 2 or a != 2):
             raise ValueError(f"agent_maps needs a 2-D agent state and action (image x, y), got {s} and {a}")
-        if agent_loss_weight < 0 or (agent_loss_weight and s != 2):
-            raise ValueError(f"agent_loss_weight must be >= 0 and needs a 2-D agent state (image x, y), got {agent_loss_weight} and {s}")
+        for name, value in (("agent_loss_weight", agent_loss_weight), ("decoder_agent_radius", decoder_agent_radius)):
+            if value < 0 or (value and s != 2):
+                raise ValueError(f"{name} must be >= 0 and needs a 2-D agent state (image x, y), got {value} and {s}")
         self.map_side = (self.latent_size // patch) * self.MAP_CELLS
-        self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels))
+        self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
                                  token_extra=2 * self.MAP_CELLS**2 if agent_maps else 0)
@@ -140,16 +145,6 @@ class PixelWorldModel(WorldModel):
         for a residual model); states / actions use their boxes."""
         self.fit_latent_stats(data["latents"], data.get("episode"))
 
-    @staticmethod
-    def heat_map(pos: torch.Tensor, side: int, sigma_cells: float) -> torch.Tensor:
-        """Gaussian heat maps (..., side rows, side cols) of normalized image positions (..., 2)
-        in [-1, 1] (x = image column, y = image row), std ``sigma_cells`` cells, peak 1."""
-        centers = (torch.arange(side, device=pos.device, dtype=torch.float32) + 0.5) / side * 2 - 1
-        sigma = sigma_cells * 2 / side
-        gx = torch.exp(-(centers - pos[..., :1]) ** 2 / (2 * sigma**2))  # (..., side) over columns
-        gy = torch.exp(-(centers - pos[..., 1:]) ** 2 / (2 * sigma**2))  # (..., side) over rows
-        return gy[..., :, None] * gx[..., None, :]
-
     def token_maps(self, pos: torch.Tensor, action: torch.Tensor) -> torch.Tensor | None:
         """Per-token heat maps (..., tokens, 2 * MAP_CELLS^2) of normalized agent positions and
         action targets (..., 2) in [-1, 1] (x = image column, y = image row); None without ``agent_maps``."""
@@ -159,7 +154,7 @@ class PixelWorldModel(WorldModel):
         t = r // c
 
         def per_token(p: torch.Tensor) -> torch.Tensor:
-            m = self.heat_map(p, r, 0.75)  # three quarters of a cell
+            m = heat_map(p, r, 0.75)  # three quarters of a cell
             m = m.reshape(*m.shape[:-2], t, c, t, c).transpose(-3, -2)
             return m.reshape(*m.shape[:-4], t * t, c * c)
 
@@ -174,7 +169,7 @@ class PixelWorldModel(WorldModel):
         and pushes (the pusher is half a latent cell). None when the weight is 0."""
         if not self.agent_loss_weight:
             return None
-        heat = self.heat_map(states, self.latent_size, 1.0)  # (B, L, h, w)
+        heat = heat_map(states, self.latent_size, 1.0)  # (B, L, h, w)
         return 1.0 + self.agent_loss_weight * torch.maximum(heat[:, :-1], heat[:, 1:])
 
     # ---- protocol ------------------------------------------------------------------------
@@ -257,7 +252,7 @@ class PixelWorldModel(WorldModel):
         if self.residual:
             x = ctx[:, -1] + self.delta_std[:, None, None] * x
         z = self.denorm_latent(x)
-        pixels = to_uint8(self.tokenizer.decode(z))
+        pixels = to_uint8(self.tokenizer.decode(z, pos_n))
         logit = self.coverage_head(z)
         coverage = torch.sigmoid(logit)
         pos = pos_n * self.obs_half + self.obs_mid

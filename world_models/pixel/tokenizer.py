@@ -19,6 +19,16 @@ def to_unit(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
+def heat_map(pos: torch.Tensor, side: int, sigma_cells: float) -> torch.Tensor:
+    """Gaussian heat maps (..., side rows, side cols) of normalized image positions (..., 2) in
+    [-1, 1] (x = image column, y = image row), std ``sigma_cells`` cells, peak 1."""
+    centers = (torch.arange(side, device=pos.device, dtype=torch.float32) + 0.5) / side * 2 - 1
+    sigma = sigma_cells * 2 / side
+    gx = torch.exp(-(centers - pos[..., :1]) ** 2 / (2 * sigma**2))  # (..., side) over columns
+    gy = torch.exp(-(centers - pos[..., 1:]) ** 2 / (2 * sigma**2))  # (..., side) over rows
+    return gy[..., :, None] * gx[..., None, :]
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float (..., 3, H, W) in [-1, 1] -> uint8 frames (..., H, W, 3) (clipped)."""
     return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1)
@@ -41,9 +51,13 @@ class CausalVideoTokenizer(nn.Module):
     Args:
         latent_channels: C, channels of the continuous latent.
         channels: widths of the stem and the three stride-2 stages (4 numbers, each a multiple of 8).
+        agent_radius: > 0: the decoder also takes the agent's position (normalized image x, y) and
+            draws the agent from it: a Gaussian heat map of std ``agent_radius`` pixels joins its
+            last two resolutions. The latent then need not carry the agent (see :meth:`loss`).
     """
 
-    def __init__(self, latent_channels: int = 16, channels: tuple[int, ...] = (16, 32, 64, 96)):
+    def __init__(self, latent_channels: int = 16, channels: tuple[int, ...] = (16, 32, 64, 96),
+                 agent_radius: float = 0.0):
         super().__init__()
         if len(channels) != 4 or any(c % 8 for c in channels):
             raise ValueError(f"tokenizer channels must be 4 multiples of 8, got {channels}")
@@ -65,6 +79,10 @@ class CausalVideoTokenizer(nn.Module):
             nn.ConvTranspose2d(c1, c0, 4, stride=2, padding=1), nn.GroupNorm(8, c0), nn.SiLU(),
             nn.Conv2d(c0, 3, 3, padding=1),
         )
+        self.agent_radius = agent_radius
+        if agent_radius > 0:  # residual 3x3 convs over [features, heat map] at H/2 and H
+            self.agent_half = nn.Conv2d(c1 + 1, c1, 3, padding=1)
+            self.agent_full = nn.Conv2d(c0 + 1, c0, 3, padding=1)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Causal encoding: frames (B, T, 3, H, W) in [-1, 1] -> latents (B, T, C, H/8, W/8)."""
@@ -81,16 +99,44 @@ class CausalVideoTokenizer(nn.Module):
         frame itself for the first frame of a video): (B, C, h, w)."""
         return self.encode(torch.stack([prev_frame, frame], dim=1))[:, 1]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (..., C, h, w) -> images (..., 3, 8h, 8w) in about [-1, 1] (not clipped)."""
-        lead = latents.shape[:-3]
-        return self.dec(latents.reshape(-1, *latents.shape[-3:])).reshape(*lead, 3, latents.shape[-2] * 8, latents.shape[-1] * 8)
+    def decode(self, latents: torch.Tensor, agent_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (..., C, h, w) -> images (..., 3, 8h, 8w) in about [-1, 1] (not clipped);
+        ``agent_pos`` (..., 2) normalized image positions, required with ``agent_radius`` > 0
+        (ignored otherwise)."""
+        lead, (h, w) = latents.shape[:-3], latents.shape[-2:]
+        z = latents.reshape(-1, *latents.shape[-3:])
+        if self.agent_radius <= 0:  # agent_pos unused
+            return self.dec(z).reshape(*lead, 3, h * 8, w * 8)
+        if agent_pos is None or agent_pos.shape != (*lead, 2):
+            raise ValueError(f"this tokenizer draws the agent: pass agent_pos of shape {(*lead, 2)}, got "
+                             f"{None if agent_pos is None else tuple(agent_pos.shape)}")
+        if h != w:
+            raise ValueError(f"agent maps need square latents, got {h} x {w}")
+        pos = agent_pos.reshape(-1, 2).float()
+        x = self.dec[:6](z)  # (N, c1, 4h, 4w)
+        x = x + self.agent_half(torch.cat([x, heat_map(pos, h * 4, self.agent_radius / 2)[:, None]], dim=1))
+        x = self.dec[6](x)  # (N, c0, 8h, 8w)
+        x = x + self.agent_full(torch.cat([x, heat_map(pos, h * 8, self.agent_radius)[:, None]], dim=1))
+        return self.dec[7:](x).reshape(*lead, 3, h * 8, w * 8)
 
-    def loss(self, frames: torch.Tensor, latent_weight: float = 1e-4) -> dict[str, torch.Tensor]:
+    def loss(self, frames: torch.Tensor, agent_pos: torch.Tensor | None = None, still: torch.Tensor | None = None,
+             latent_weight: float = 1e-4) -> dict[str, torch.Tensor]:
         """Reconstruction loss on a clip (B, T, 3, H, W) in [-1, 1]: MSE + 0.1 L1 + a small latent
-        L2 (keeps the continuous latent's scale bounded)."""
+        L2 (keeps the continuous latent's scale bounded).
+
+        With ``agent_radius`` > 0, ``agent_pos`` (B, T, 2) is each frame's agent position, and
+        ``still`` (B,) bool marks clips in which nothing but the agent moved: for those, frame 0's
+        latent decoded at the last frame's agent position must give the last frame (``swap_mse``),
+        so the decoder draws the agent where it is told and erases it where the latent shows it.
+        """
         z = self.encode(frames)
-        rec = self.decode(z)
+        rec = self.decode(z, agent_pos)
         mse = F.mse_loss(rec, frames)
         loss = mse + 0.1 * (rec - frames).abs().mean() + latent_weight * z.pow(2).mean()
-        return {"loss": loss, "mse": mse.detach()}
+        out = {"mse": mse.detach()}
+        if self.agent_radius > 0 and still is not None and bool(still.any()):
+            swap = self.decode(z[still, 0], agent_pos[still, -1])
+            swap_mse = F.mse_loss(swap, frames[still, -1])
+            loss = loss + swap_mse + 0.1 * (swap - frames[still, -1]).abs().mean()
+            out["swap_mse"] = swap_mse.detach()
+        return {"loss": loss, **out}

@@ -64,10 +64,26 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return s.mean(dim=(1, 2, 3)).reshape(lead)
 
 
+def _prev(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Row of the frame before each row ``idx`` (the row itself for an episode's first frame)."""
+    return torch.where(rows["step"][idx] > 0, idx - 1, idx)
+
+
 def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     """Pairs (prev, frame) of rows ``idx`` as (B, 2, 3, H, W) in [-1, 1] (first frames repeat)."""
-    prev = torch.where(rows["step"][idx] > 0, idx - 1, idx)
-    return to_unit(torch.stack([rows["pixels"][prev], rows["pixels"][idx]], dim=1))
+    return to_unit(torch.stack([rows["pixels"][_prev(rows, idx)], rows["pixels"][idx]], dim=1))
+
+
+def _clip_agent(model: PixelWorldModel, rows: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The agent's normalized positions (B, 2, 2) in the pairs of :func:`_clips`, and which pairs
+    (B,) bool show the scene still but for the agent (rows with ``block_pose``: the block did not
+    move by more than 1e-3; None without it)."""
+    prev = _prev(rows, idx)
+    pos = model.norm_obs(torch.stack([rows["agent_pos"][prev], rows["agent_pos"][idx]], dim=1).float())
+    if "block_pose" not in rows:
+        return pos, None
+    still = (rows["block_pose"][idx] - rows["block_pose"][prev]).abs().amax(dim=-1) < 1e-3
+    return pos, still & (prev != idx)
 
 
 @torch.no_grad()
@@ -113,7 +129,11 @@ def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str
     bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
-        out = model.tokenizer.loss(_clips(tr, idx).to(dev))
+        if model.tokenizer.agent_radius > 0:
+            pos, still = _clip_agent(model, tr, idx)
+            out = model.tokenizer.loss(_clips(tr, idx).to(dev), pos.to(dev), None if still is None else still.to(dev))
+        else:
+            out = model.tokenizer.loss(_clips(tr, idx).to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
@@ -165,7 +185,7 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     r = _rows(rows)
     idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
     z = model.tokenizer.encode(_clips(r, idx).to(model.latent_mean.device))[:, 1]
-    rec = to_uint8(model.tokenizer.decode(z)).cpu()
+    rec = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][idx].float()).to(z.device))).cpu()
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
 
 
