@@ -309,7 +309,9 @@ def evaluate(run: Path, seed: int, starts: int = 16, horizon: int = 40) -> None:
         ol = open_loop(model, va, horizon=16, starts=64, sample=sample, seed=seed)
         p, s = ol["psnr"].mean(0).numpy(), ol["ssim"].mean(0).numpy()
         curves[f"{mode} (x0 = {'noise' if sample else '0'})"] = (p, s)
-        res[f"open_loop_{mode}"] = {f"h{h}": {"psnr": float(p[h - 1]), "ssim": float(s[h - 1])} for h in HORIZONS}
+        err = ol["agent_error"].mean(0).numpy()
+        res[f"open_loop_{mode}"] = {f"h{h}": {"psnr": float(p[h - 1]), "ssim": float(s[h - 1]),
+                                              "agent_error": float(err[h - 1])} for h in HORIZONS}
         cov, cov_pred = ol["coverage"].flatten(), ol["coverage_pred"].flatten()
         res[f"coverage_head_imagined_{mode}"] = {"mae": float((cov - cov_pred).abs().mean()),
                                                   "pearson": float(np.corrcoef(cov, cov_pred)[0, 1])}
@@ -347,6 +349,8 @@ def print_tables(res: dict) -> None:
         o = res[f"open_loop_{mode}"] if mode != "copy_last_baseline" else res[mode]
         print(f"| {mode} | " + " | ".join(f"{o[f'h{h}']['psnr']:.2f}" for h in HORIZONS) + " | "
               + " | ".join(f"{o[f'h{h}']['ssim']:.3f}" for h in HORIZONS) + " |")
+    print("\nimagined agent state, open loop (mean): error " + ", ".join(
+        f"h={h} {res['open_loop_mean'][f'h{h}']['agent_error']:.2f}" for h in HORIZONS) + " (state units)")
     print("\n| coverage head | MAE | Pearson r |\n|---|---|---|")
     for key in ("coverage_head_real", "coverage_head_imagined_mean", "coverage_head_imagined_sampled"):
         print(f"| {key} | {res[key]['mae']:.3f} | {res[key]['pearson']:.3f} |")

@@ -43,6 +43,8 @@ class DiffusersVideoTokenizer(nn.Module):
     the first frame alone, so this is exact per frame), latents are normalized with the VAE's
     ``latents_mean`` / ``latents_std`` when its config has them."""
 
+    agent_radius = 0.0  # the decoder does not take the agent's state
+
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
@@ -64,7 +66,8 @@ class DiffusersVideoTokenizer(nn.Module):
     def encode_next(self, frame: torch.Tensor, prev_frame: torch.Tensor) -> torch.Tensor:
         return self.encode(frame[:, None])[:, 0]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, agent_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., C, h, w) -> (..., 3, H, W); ``agent_pos`` is unused (the VAE draws the whole frame)."""
         lead = latents.shape[:-3]
         z = latents.reshape(-1, *latents.shape[-3:]) * self.std + self.mean
         video = self.vae.decode(z.unsqueeze(2).to(self.vae.dtype)).sample[:, :, 0].float()

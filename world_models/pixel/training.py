@@ -197,7 +197,8 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
     actions. Starts are drawn among rows with ``horizon`` real successors.
 
     Returns ``real`` / ``imagined`` (S, horizon, H, W, 3) uint8, ``psnr`` / ``ssim`` (S, horizon),
-    ``coverage`` (S, horizon) true and ``coverage_pred`` (S, horizon) from the head.
+    ``coverage`` (S, horizon) true and ``coverage_pred`` (S, horizon) from the head, and
+    ``agent_error`` (S, horizon): distance of the imagined agent state from the real one (state units).
     """
     r = {k: v.to(model.latent_mean.device) for k, v in _rows(rows).items()}
     n = len(r["step"])
@@ -217,13 +218,15 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
         carry = model.observe(carry, {"pixels": r["pixels"][idx], "agent_pos": r["agent_pos"][idx]},
                               r["action"][(idx - 1).clamp_min(0)], first)
     gen = torch.Generator(device=start.device).manual_seed(seed)
-    imagined, cov_pred = [], []
+    imagined, cov_pred, agent_pred = [], [], []
     for h in range(horizon):
         carry, pred = model.imagine(carry, r["action"][start + h], sample=sample, generator=gen)
         imagined.append(pred.extras["pixels"])
         cov_pred.append(pred.extras["coverage"])
+        agent_pred.append(pred.obs)
     future = start[:, None] + torch.arange(1, horizon + 1, device=start.device)[None]
     real, fake = r["pixels"][future], torch.stack(imagined, dim=1)
     out = {"real": real, "imagined": fake, "psnr": psnr(fake, real), "ssim": ssim(fake, real),
-           "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1)}
+           "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1),
+           "agent_error": (torch.stack(agent_pred, dim=1) - r["agent_pos"][future].float()).norm(dim=-1)}
     return {k: v.cpu() for k, v in out.items()}
