@@ -32,7 +32,8 @@ from world_models.checkpoint import read_config
 from world_models.data import split_episodes
 from world_models.pixel.frames import FrameStore, frame_model_spec
 from world_models.pixel.tokenizer import to_uint8
-from world_models.pixel.training import PixelTrainConfig, encode_rows, open_loop, psnr, train_dynamics, train_pixel_model, train_tokenizer
+from world_models.pixel.training import (PixelTrainConfig, encode_rows, open_loop, psnr, start_rows, train_dynamics,
+                                         train_pixel_model, train_tokenizer)
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 8, 16)
@@ -138,10 +139,7 @@ def frozen_latent_psnr(model, rows: dict, horizons=HORIZONS, starts: int = 256) 
     that draws the agent from its state (``decoder_agent_radius`` > 0) scores "true pusher, T frozen"
     here; one that does not, "copy the last frame" through the tokenizer."""
     r = {k: torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
-    ep, out = r["episode"], {}
-    cand = torch.arange(len(ep) - max(horizons))
-    cand = cand[ep[cand + max(horizons)] == ep[cand]]
-    start = cand[torch.randperm(len(cand), generator=torch.Generator().manual_seed(0))[:starts]]
+    start, out = start_rows(r["episode"], max(horizons), starts), {}
     z = encode_rows(model, r)[start]
     for h in horizons:
         pos = model.norm_obs(r["agent_pos"][start + h].float())

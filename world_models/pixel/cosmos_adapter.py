@@ -43,8 +43,6 @@ class DiffusersVideoTokenizer(nn.Module):
     the first frame alone, so this is exact per frame), latents are normalized with the VAE's
     ``latents_mean`` / ``latents_std`` when its config has them."""
 
-    agent_radius = 0.0  # the decoder does not take the agent's state
-
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae

@@ -129,11 +129,8 @@ def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str
     bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
-        if model.tokenizer.agent_radius > 0:
-            pos, still = _clip_agent(model, tr, idx)
-            out = model.tokenizer.loss(_clips(tr, idx).to(dev), pos.to(dev), None if still is None else still.to(dev))
-        else:
-            out = model.tokenizer.loss(_clips(tr, idx).to(dev))
+        pos, still = _clip_agent(model, tr, idx)  # unused by a tokenizer that does not draw the agent
+        out = model.tokenizer.loss(_clips(tr, idx).to(dev), pos.to(dev), None if still is None else still.to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
@@ -189,6 +186,16 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
 
 
+def start_rows(episode: torch.Tensor, horizon: int, count: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``count`` random rows (long, on ``episode``'s device) whose episode (``episode`` (N,) ids,
+    rows in step order) goes on for ``horizon`` more rows; a ValueError when there are none."""
+    idx = torch.arange(len(episode) - horizon, device=episode.device)
+    cand = idx[episode[idx + horizon] == episode[idx]]
+    if len(cand) == 0:
+        raise ValueError(f"no held-out episode has {horizon} steps after a start row")
+    return cand[torch.randperm(len(cand), generator=torch.Generator().manual_seed(seed))[:count].to(cand.device)]
+
+
 @torch.no_grad()
 def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts: int = 32, sample: bool = False,
               seed: int = 0) -> dict[str, torch.Tensor]:
@@ -201,14 +208,7 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
     ``agent_error`` (S, horizon): distance of the imagined agent state from the real one (state units).
     """
     r = {k: v.to(model.latent_mean.device) for k, v in _rows(rows).items()}
-    n = len(r["step"])
-    ep = r["episode"]
-    idx = torch.arange(n - horizon, device=ep.device)
-    cand = idx[ep[idx + horizon] == ep[idx]]
-    if len(cand) == 0:
-        raise ValueError(f"no held-out episode has {horizon} steps after a start row")
-    g = torch.Generator().manual_seed(seed)
-    start = cand[torch.randperm(len(cand), generator=g)[:starts].to(cand.device)]
+    start = start_rows(r["episode"], horizon, starts, seed)
     k = model.k
     carry = model.initial(len(start))
     step = r["step"][start]
