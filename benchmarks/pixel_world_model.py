@@ -134,16 +134,18 @@ def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels:
 
 @torch.no_grad()
 def frozen_latent_psnr(model, rows: dict, horizons=HORIZONS, starts: int = 256) -> dict[str, float]:
-    """PSNR of frame t's latent decoded at the agent position of frame t + h against frame t + h
-    (held-out rows): what a dynamics model that never changed the latent would score. A tokenizer
-    that draws the agent from its state (``decoder_agent_radius`` > 0) scores "true pusher, T frozen"
-    here; one that does not, "copy the last frame" through the tokenizer."""
+    """PSNR of frame t's latent decoded at the agent position (and object pose) of frame t + h
+    against frame t + h (held-out rows): what a dynamics model that never changed the latent
+    would score. A tokenizer that draws the agent from its state (``decoder_agent_radius`` > 0)
+    scores "true pusher, T frozen" here; one that also draws the object (``decoder_object_extent``
+    > 0) "both true (re-rendered)"; one that does neither, "copy the last frame" through the tokenizer."""
     r = {k: torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
     start, out = start_rows(r["episode"], max(horizons), starts), {}
     z = encode_rows(model, r)[start]
     for h in horizons:
         pos = model.norm_obs(r["agent_pos"][start + h].float())
-        frames = to_uint8(model.tokenizer.decode(z, pos))
+        pose = model.norm_object_pose(r["block_pose"][start + h].float()) if model.tokenizer.object_extent > 0 else None
+        frames = to_uint8(model.tokenizer.decode(z, pos, pose))
         out[f"h{h}"] = float(psnr(frames, r["pixels"][start + h]).mean())
     return out
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from world_models.base import Carry, ModelSpec, Prediction, WorldModel
 from world_models.pixel.dynamics import LatentFlowDiT
-from world_models.pixel.reward import AgentHead, CoverageHead
+from world_models.pixel.reward import AgentHead, CoverageHead, ObjectPoseHead
 from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
 
 
@@ -53,6 +53,11 @@ class PixelWorldModel(WorldModel):
         decoder_agent_radius: > 0: the tokenizer's decoder draws the agent from its (imagined)
             state, a heat map of this std in pixels (see :class:`CausalVideoTokenizer`); 0: the
             agent is drawn from the latent alone.
+        decoder_object_extent: > 0 (needs ``decoder_agent_radius`` > 0 and rows with ``block_pose``):
+            the decoder also draws the pushed object from its pose, a learned template spanning +-
+            this many pixels in the object's frame; an object-pose head reads the pose from every
+            latent, and every imagined frame is encoded again to give the next context latent, so
+            the DiT always continues from a frame whose object has its shape. 0: off.
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -65,7 +70,7 @@ class PixelWorldModel(WorldModel):
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
                  agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
-                 decoder_agent_radius: float = 0.0):
+                 decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -81,7 +86,8 @@ class PixelWorldModel(WorldModel):
                             patch=patch, sample_steps=sample_steps, context_noise=context_noise,
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
-                            agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius)
+                            agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius,
+                            decoder_object_extent=decoder_object_extent)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -94,7 +100,11 @@ class PixelWorldModel(WorldModel):
             if value < 0 or (value and s != 2):
                 raise ValueError(f"{name} must be >= 0 and needs a 2-D agent state (image x, y), got {value} and {s}")
         self.map_side = (self.latent_size // patch) * self.MAP_CELLS
-        self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius)
+        if decoder_object_extent < 0 or (decoder_object_extent and not decoder_agent_radius):
+            raise ValueError(f"decoder_object_extent must be >= 0 and needs decoder_agent_radius > 0, got {decoder_object_extent}")
+        self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
+                                              decoder_object_extent)
+        self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
                                  token_extra=2 * self.MAP_CELLS**2 if agent_maps else 0)
@@ -124,6 +134,12 @@ class PixelWorldModel(WorldModel):
 
     def norm_action(self, a: torch.Tensor) -> torch.Tensor:
         return (a - self.action_mid) / self.action_half
+
+    def norm_object_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """Object poses (..., 3) = (x, y, angle rad) in the agent state's units -> (..., 4) =
+        (normalized x, y, cos, sin), as the decoder and the object-pose head take them."""
+        xy = (pose[..., :2] - self.obs_mid) / self.obs_half
+        return torch.cat([xy, pose[..., 2:].cos(), pose[..., 2:].sin()], dim=-1)
 
     @torch.no_grad()
     def fit_latent_stats(self, latents: torch.Tensor, episode: torch.Tensor | None = None) -> None:
@@ -252,7 +268,11 @@ class PixelWorldModel(WorldModel):
         if self.residual:
             x = ctx[:, -1] + self.delta_std[:, None, None] * x
         z = self.denorm_latent(x)
-        pixels = to_uint8(self.tokenizer.decode(z, pos_n))
+        if self.object_head is None:
+            pixels = to_uint8(self.tokenizer.decode(z, pos_n))
+        else:  # draw the object at the pose the latent shows, then take the drawn frame's latent as the state
+            pixels = to_uint8(self.tokenizer.decode(z, pos_n, self.object_head(z)))
+            z = self.tokenizer.encode_next(to_unit(pixels), to_unit(carry["pixels"]))
         logit = self.coverage_head(z)
         coverage = torch.sigmoid(logit)
         pos = pos_n * self.obs_half + self.obs_mid
@@ -271,7 +291,8 @@ class PixelWorldModel(WorldModel):
         """Dynamics + coverage + agent losses on windows of K + 1 rows (see
         :class:`world_models.pixel.frames.FrameWindows` with ``context=K, future=1``):
         ``latents`` (B, K+1, C, h, w) raw tokenizer latents, ``agent_pos`` (B, K+1, S),
-        ``prev_action`` (B, K+1, A), ``coverage`` (B, K+1), ``valid`` (B, K+1) bool.
+        ``prev_action`` (B, K+1, A), ``coverage`` (B, K+1), ``valid`` (B, K+1) bool, and with
+        ``decoder_object_extent`` > 0 ``block_pose`` (B, K+1, 3) (object-pose head).
         Every frame 1..K is a flow-matching target given the clean frames before it."""
         z = self.norm_latent(batch["latents"].float())
         b, l = z.shape[:2]
@@ -300,5 +321,11 @@ class PixelWorldModel(WorldModel):
         reward = self.coverage_head.loss(zs, cov)
         delta = self.agent_head(states[:, :-1], acts)
         agent = F.mse_loss(delta, states[:, -1] - states[:, -2])
-        return {"loss": flow + reward + 10.0 * agent, "flow": flow.detach(), "coverage_bce": reward.detach(),
-                "agent_mse": agent.detach()}
+        out = {"flow": flow.detach(), "coverage_bce": reward.detach(), "agent_mse": agent.detach()}
+        loss = flow + reward + 10.0 * agent
+        if self.object_head is not None:
+            if "block_pose" not in batch:
+                raise ValueError("a model whose decoder draws the object needs the rows' block_pose (B, K+1, 3)")
+            pose = self.object_head.loss(zs, self.norm_object_pose(torch.cat([batch["block_pose"].float()] * 2).flatten(0, 1)))
+            loss, out["pose_mse"] = loss + 10.0 * pose, pose.detach()
+        return {"loss": loss, **out}

@@ -1,5 +1,6 @@
-"""Heads on latent frames: the learned coverage / success head (Push-T's reward comes from it)
-and the agent-state head (the pusher's next position from its recent positions and actions)."""
+"""Heads of the pixel model: the learned coverage / success head on latent frames (Push-T's
+reward comes from it), the agent-state head (the pusher's next position from its recent
+positions and actions) and the object-pose head on latent frames (where the pushed object is)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,29 @@ class AgentHead(nn.Module):
         rel = states - states[:, -1:]  # positions relative to the current one
         x = torch.cat([rel.flatten(1), states[:, -1], actions.flatten(1)], dim=-1)
         return self.net(x)
+
+
+class ObjectPoseHead(nn.Module):
+    """Pose (B, 4) = (x, y, cos a, sin a) of the pushed object read from a latent frame
+    (B, C, h, w): normalized image position and unit heading (see
+    :func:`world_models.pixel.tokenizer.object_map`). Coordinate channels join the latent so
+    that convolutions can tell where things are."""
+
+    def __init__(self, latent_channels: int, latent_size: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels + 2, hidden, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(), nn.Flatten(),
+            nn.Linear(hidden * ((latent_size + 1) // 2) ** 2, 256), nn.SiLU(), nn.Linear(256, 4),
+        )
+        axis = (torch.arange(latent_size, dtype=torch.float32) + 0.5) / latent_size * 2 - 1
+        self.register_buffer("coords", torch.stack(torch.meshgrid(axis, axis, indexing="xy")), persistent=False)  # (2, h, w): x, y
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Pose (B, 4) with a unit-length heading."""
+        out = self.net(torch.cat([z, self.coords.expand(len(z), -1, -1, -1)], dim=1))
+        return torch.cat([out[:, :2], F.normalize(out[:, 2:], dim=-1)], dim=-1)
+
+    def loss(self, z: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """MSE of the poses of latents (B, C, h, w) against true poses (B, 4)."""
+        return F.mse_loss(self(z), pose)

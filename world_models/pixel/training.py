@@ -69,21 +69,44 @@ def _prev(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     return torch.where(rows["step"][idx] > 0, idx - 1, idx)
 
 
-def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-    """Pairs (prev, frame) of rows ``idx`` as (B, 2, 3, H, W) in [-1, 1] (first frames repeat)."""
-    return to_unit(torch.stack([rows["pixels"][_prev(rows, idx)], rows["pixels"][idx]], dim=1))
+def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairs (prev, frame) of rows ``idx`` as (B, 2, 3, H, W) in [-1, 1] (first frames repeat);
+    with ``target`` (B,) rows, triples (prev, frame, target)."""
+    rows_ = [_prev(rows, idx), idx] + ([] if target is None else [target])
+    return to_unit(torch.stack([rows["pixels"][i] for i in rows_], dim=1))
 
 
-def _clip_agent(model: PixelWorldModel, rows: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The agent's normalized positions (B, 2, 2) in the pairs of :func:`_clips`, and which pairs
-    (B,) bool show the scene still but for the agent (rows with ``block_pose``: the block did not
-    move by more than 1e-3; None without it)."""
-    prev = _prev(rows, idx)
-    pos = model.norm_obs(torch.stack([rows["agent_pos"][prev], rows["agent_pos"][idx]], dim=1).float())
+SWAP_HORIZON = 16  # how far ahead (rows) the swap target of a state-drawing tokenizer lies, at most
+
+
+def _swap_rows(rows: dict[str, torch.Tensor], idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A row 1..SWAP_HORIZON steps after each row ``idx`` in its episode (clipped at its end)."""
+    ep = rows["episode"]
+    target = (idx + torch.randint(1, SWAP_HORIZON + 1, idx.shape, generator=generator)).clamp_max(len(ep) - 1)
+    for _ in range(SWAP_HORIZON):  # step back until in the same episode (at worst: idx itself)
+        target = torch.where(ep[target] == ep[idx], target, target - 1)
+    return target
+
+
+def _clip_state(model: PixelWorldModel, rows: dict[str, torch.Tensor], clip: list[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """For a clip of rows (list of (B,) row indices): the agent's normalized positions (B, T, 2),
+    the object's poses (B, T, 4) when the tokenizer draws the object (else None), and which clips
+    (B,) bool show the scene still but for what the decoder draws from state between its first
+    and last rows (rows with ``block_pose``; None without it)."""
+    pos = model.norm_obs(torch.stack([rows["agent_pos"][i] for i in clip], dim=1).float())
+    pose = None
+    if model.tokenizer.object_extent > 0:
+        if "block_pose" not in rows:
+            raise ValueError("a tokenizer that draws the object from its pose needs rows with block_pose")
+        pose = model.norm_object_pose(torch.stack([rows["block_pose"][i] for i in clip], dim=1).float())
     if "block_pose" not in rows:
-        return pos, None
-    still = (rows["block_pose"][idx] - rows["block_pose"][prev]).abs().amax(dim=-1) < 1e-3
-    return pos, still & (prev != idx)
+        return pos, pose, None
+    moved = clip[-1] != clip[0]
+    if pose is not None:
+        return pos, pose, moved
+    still = (rows["block_pose"][clip[-1]] - rows["block_pose"][clip[0]]).abs().amax(dim=-1) < 1e-3
+    return pos, pose, still & moved
 
 
 @torch.no_grad()
@@ -127,10 +150,14 @@ def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str
     opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg.tokenizer_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.tokenizer_steps, 1))
     bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
+    draws_object = model.tokenizer.object_extent > 0
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
-        pos, still = _clip_agent(model, tr, idx)  # unused by a tokenizer that does not draw the agent
-        out = model.tokenizer.loss(_clips(tr, idx).to(dev), pos.to(dev), None if still is None else still.to(dev))
+        target = _swap_rows(tr, idx, gen) if draws_object else None
+        clip = [_prev(tr, idx), idx] + ([] if target is None else [target])
+        pos, pose, still = _clip_state(model, tr, clip)  # unused by a tokenizer that does not draw the agent
+        out = model.tokenizer.loss(_clips(tr, idx, target).to(dev), pos.to(dev), None if still is None else still.to(dev),
+                                   None if pose is None else pose.to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
@@ -153,7 +180,8 @@ def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrai
     latents_tr = encode_rows(model, tr)
     if fit_stats:
         model.fit_latent_stats(latents_tr, tr["episode"])
-    windows = FrameWindows({**{k: tr[k] for k in ("agent_pos", "action", "coverage", "episode")}, "latents": latents_tr},
+    fields = ("agent_pos", "action", "coverage", "episode") + (("block_pose",) if model.object_head is not None else ())
+    windows = FrameWindows({**{k: tr[k] for k in fields}, "latents": latents_tr},
                            context=model.k, future=1, seed=cfg.seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
     model.train()
@@ -182,7 +210,8 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     r = _rows(rows)
     idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
     z = model.tokenizer.encode(_clips(r, idx).to(model.latent_mean.device))[:, 1]
-    rec = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][idx].float()).to(z.device))).cpu()
+    pose = model.norm_object_pose(r["block_pose"][idx].float()).to(z.device) if model.tokenizer.object_extent > 0 else None
+    rec = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][idx].float()).to(z.device), pose)).cpu()
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
 
 
