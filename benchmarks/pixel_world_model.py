@@ -70,18 +70,22 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
     torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **model_cfg["params"])
     cfg = PixelTrainConfig(**model_cfg["train"], seed=seed)
-    reused = {}
-    if tokenizer_from:  # a tokenizer trained before on the same data: only the DiT and heads train
-        from safetensors.torch import load_file
+    earlier = 0.0
+    if tokenizer_from:  # a tokenizer trained before on the same data: only the DiT and heads train (and the
+        from safetensors.torch import load_file  # object decoder, when the config draws the object and it did not)
 
         weights = load_file(Path(tokenizer_from) / "model.safetensors")
-        model.tokenizer.load_state_dict({k.removeprefix("tokenizer."): v for k, v in weights.items() if k.startswith("tokenizer.")})
+        missing, unexpected = model.tokenizer.load_state_dict(
+            {k.removeprefix("tokenizer."): v for k, v in weights.items() if k.startswith("tokenizer.")}, strict=False)
+        if unexpected or any(not k.startswith("object_") for k in missing):
+            raise ValueError(f"{tokenizer_from} holds another tokenizer: missing {missing}, unexpected {unexpected}")
         cfg.tokenizer_steps = 0
-        source = read_config(tokenizer_from)["extra"]["metrics"]
-        reused = {"tokenizer_from": str(tokenizer_from), "tokenizer_seconds": source["tokenizer_seconds"]}
-    t0 = time.time()
+        if not missing:
+            cfg.object_decoder_steps = 0
+        earlier = read_config(tokenizer_from)["extra"]["metrics"]["tokenizer_seconds"]
     metrics = train_pixel_model(model, tr, va, cfg)
-    metrics.update(reused)
+    if tokenizer_from:
+        metrics.update(tokenizer_from=str(tokenizer_from), tokenizer_seconds=earlier + metrics["tokenizer_seconds"])
     metrics["train_seconds"] = metrics["tokenizer_seconds"] + metrics["dynamics_seconds"]
     metrics["threads"] = torch.get_num_threads()
     first = data["step"] == 0

@@ -231,11 +231,13 @@ def test_decoder_draws_the_object_from_its_pose():
     """With ``decoder_object_extent`` the decoder draws the object from its pose: a frame's latent
     decoded at another frame's agent position and object pose looks like that other frame, not
     like its own; the object-pose head reads the pose back from latents of frames it never saw;
-    imagining encodes the drawn frame again. Without a pose the decoder refuses to decode."""
+    observing refines that pose by rendering (the drawn frame matches the real one better); imagining
+    encodes the drawn frame again. Without a pose the decoder refuses to decode."""
     torch.manual_seed(0)
     rows, held_out = bar_rows(), bar_rows(6, seed=1)
     model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
-    cfg = PixelTrainConfig(tokenizer_steps=300, tokenizer_batch=16, tokenizer_lr=3e-3, dynamics_steps=300,
+    cfg = PixelTrainConfig(tokenizer_steps=150, tokenizer_batch=16, tokenizer_lr=3e-3, object_decoder_steps=250,
+                           object_decoder_lr=3e-3, dynamics_steps=300,
                            dynamics_batch=32, dynamics_lr=3e-3)
     train_tokenizer(model, rows, held_out, cfg, progress=False)
     r = {k: torch.as_tensor(v) for k, v in held_out.items()}
@@ -258,6 +260,12 @@ def test_decoder_draws_the_object_from_its_pose():
     assert float(err) < 0.75 * float(guess), (float(err), float(guess))  # better than the mean position
     carry = model.observe(model.initial(3), {"pixels": r["pixels"][:3], "agent_pos": r["agent_pos"][:3]},
                           r["agent_pos"][:3], torch.ones(3, dtype=torch.bool))
+    with torch.no_grad():
+        def render_error(pose: torch.Tensor) -> float:
+            drawn = model.tokenizer.decode(carry["latents"][:, -1], model.norm_obs(r["agent_pos"][:3]), pose)
+            return float((drawn - to_unit(r["pixels"][:3])).pow(2).mean())
+
+        assert render_error(carry["object_pose"]) < render_error(model.object_head(carry["latents"][:, -1]))  # fitted
     carry, pred = model.imagine(carry, r["agent_pos"][3:6])
     again = model.tokenizer.encode_next(to_unit(pred.extras["pixels"]), to_unit(r["pixels"][:3]))
     assert torch.allclose(carry["latents"][:, -1], again, atol=1e-5)  # the context is the drawn frame's latent

@@ -8,7 +8,8 @@ Observations are dicts, as the Gymnasium env's: ``{"pixels": (B, H, W, 3) uint8,
 - ``obs`` (B, S) agent state, ``pixels`` (B, H, W, 3) uint8 last frame (real or imagined),
 - ``latents`` (B, K, C, h, w) the last K latent frames (raw tokenizer units),
 - ``agent_pos`` (B, K, S) and ``prev_action`` (B, K, A): state shown by, and action that led to,
-  each of those frames.
+  each of those frames,
+- ``object_pose`` (B, 4) with ``decoder_object_extent`` > 0: the object's pose in the last frame (x, y, cos, sin).
 
 ``imagine`` returns ``Prediction(obs=agent state, reward, termination_logit, extras={"pixels":
 uint8 frames, "coverage": (B,) in [0, 1], "latent": (B, C, h, w)})``.
@@ -105,6 +106,7 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
+        self.pose_fit_steps, self.pose_fit_lr = 20, 0.03
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
                                  token_extra=2 * self.MAP_CELLS**2 if agent_maps else 0)
@@ -140,6 +142,27 @@ class PixelWorldModel(WorldModel):
         (normalized x, y, cos, sin), as the decoder and the object-pose head take them."""
         xy = (pose[..., :2] - self.obs_mid) / self.obs_half
         return torch.cat([xy, pose[..., 2:].cos(), pose[..., 2:].sin()], dim=-1)
+
+    def fit_object_pose(self, z: torch.Tensor, agent: torch.Tensor, frame: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """Render-and-compare: refine object poses (B, 4) (start: ``pose``) so that the decoder's
+        frame of latents ``z`` (B, C, h, w) at normalized agent positions ``agent`` (B, 2) matches
+        the real ``frame`` (B, 3, H, W) in [-1, 1]; ``pose_fit_steps`` Adam steps on (x, y, angle).
+        Returns the refined poses (B, 4), detached."""
+        if not self.pose_fit_steps:
+            return pose
+        with torch.enable_grad():
+            xy = pose[:, :2].detach().clone().requires_grad_(True)
+            ang = torch.atan2(pose[:, 3], pose[:, 2]).detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([xy, ang], lr=self.pose_fit_lr)
+            with torch.no_grad():
+                features = self.tokenizer.dec[:6](z)  # the part of decoding that does not depend on the state
+            for _ in range(self.pose_fit_steps):
+                full = torch.cat([xy, ang.cos()[:, None], ang.sin()[:, None]], dim=-1)
+                err = (self.tokenizer.draw(features, agent, full) - frame).pow(2).mean(dim=(1, 2, 3)).sum()
+                opt.zero_grad()
+                err.backward()
+                opt.step()
+        return torch.cat([xy, ang.cos()[:, None], ang.sin()[:, None]], dim=-1).detach()
 
     @torch.no_grad()
     def fit_latent_stats(self, latents: torch.Tensor, episode: torch.Tensor | None = None) -> None:
@@ -191,13 +214,16 @@ class PixelWorldModel(WorldModel):
     # ---- protocol ------------------------------------------------------------------------
     def initial(self, batch: int) -> Carry:
         dev, s, a, c, h = self.latent_mean.device, self.spec.obs_dim, self.spec.action_dim, self.tokenizer.latent_channels, self.latent_size
-        return {
+        carry = {
             "obs": torch.zeros(batch, s, device=dev),
             "pixels": torch.zeros(batch, self.frame_size, self.frame_size, 3, dtype=torch.uint8, device=dev),
             "latents": torch.zeros(batch, self.k, c, h, h, device=dev),
             "agent_pos": torch.zeros(batch, self.k, s, device=dev),
             "prev_action": torch.zeros(batch, self.k, a, device=dev),
         }
+        if self.object_head is not None:
+            carry["object_pose"] = torch.zeros(batch, 4, device=dev)
+        return carry
 
     def check_obs(self, obs: dict[str, torch.Tensor]) -> None:
         """Raise a ValueError naming the problem when ``obs`` is not {pixels (B, H, W, 3) uint8, agent_pos (B, S)}."""
@@ -225,8 +251,11 @@ class PixelWorldModel(WorldModel):
             filled = new[:, None].expand_as(hist)
             return torch.where(first.view(-1, *([1] * (hist.ndim - 1))), filled, rolled)
 
-        return {"obs": pos, "pixels": px, "latents": push(carry["latents"], z),
-                "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
+        new = {"obs": pos, "pixels": px, "latents": push(carry["latents"], z),
+               "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
+        if self.object_head is not None:
+            new["object_pose"] = self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z))
+        return new
 
     def observe_sequence(self, carry: Carry, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, is_first: torch.Tensor) -> Carry:
         """``observe`` over time: obs dict of (B, T, ...) tensors, prev_action (B, T, A), is_first (B, T)."""
@@ -270,8 +299,11 @@ class PixelWorldModel(WorldModel):
         z = self.denorm_latent(x)
         if self.object_head is None:
             pixels = to_uint8(self.tokenizer.decode(z, pos_n))
-        else:  # draw the object at the pose the latent shows, then take the drawn frame's latent as the state
-            pixels = to_uint8(self.tokenizer.decode(z, pos_n, self.object_head(z)))
+        else:  # move the object by the change the head reads between the last and the new latent, draw it
+            # there, then take the drawn frame's latent as the state (the head's bias cancels in the change)
+            pose = carry["object_pose"] + self.object_head(z) - self.object_head(carry["latents"][:, -1])
+            pose = torch.cat([pose[:, :2], F.normalize(pose[:, 2:], dim=-1)], dim=-1)
+            pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose))
             z = self.tokenizer.encode_next(to_unit(pixels), to_unit(carry["pixels"]))
         logit = self.coverage_head(z)
         coverage = torch.sigmoid(logit)
@@ -282,6 +314,8 @@ class PixelWorldModel(WorldModel):
                "latents": torch.cat([carry["latents"][:, 1:], z[:, None]], dim=1),
                "agent_pos": torch.cat([carry["agent_pos"][:, 1:], pos[:, None]], dim=1),
                "prev_action": torch.cat([carry["prev_action"][:, 1:], action.float()[:, None]], dim=1)}
+        if self.object_head is not None:
+            new["object_pose"] = pose
         pred = Prediction(obs=pos, uncertainty=torch.zeros(b, device=dev),
                           reward=(coverage / self.success_coverage).clamp(0, 1), termination_logit=term_logit,
                           extras={"pixels": pixels, "coverage": coverage, "latent": z})

@@ -141,21 +141,29 @@ class CausalVideoTokenizer(nn.Module):
                              f"{None if agent_pos is None else tuple(agent_pos.shape)}")
         if h != w:
             raise ValueError(f"agent maps need square latents, got {h} x {w}")
-        pos = agent_pos.reshape(-1, 2).float()
         if self.object_extent > 0 and (object_pose is None or object_pose.shape != (*lead, 4)):
             raise ValueError(f"this tokenizer draws the object: pass object_pose of shape {(*lead, 4)}, got "
                              f"{None if object_pose is None else tuple(object_pose.shape)}")
-        pose = None if self.object_extent <= 0 else object_pose.reshape(-1, 4).float()
-        extent = self.object_extent / (h * 4)  # pixels -> normalized image units
-        x = self.dec[:6](z)  # (N, c1, 4h, 4w)
-        x = x + self.agent_half(torch.cat([x, heat_map(pos, h * 4, self.agent_radius / 2)[:, None]], dim=1))
+        pose = None if object_pose is None else object_pose.reshape(-1, 4)
+        return self.draw(self.dec[:6](z), agent_pos.reshape(-1, 2), pose).reshape(*lead, 3, h * 8, w * 8)
+
+    def draw(self, features: torch.Tensor, agent_pos: torch.Tensor, object_pose: torch.Tensor | None = None) -> torch.Tensor:
+        """The state-dependent end of :meth:`decode` (``agent_radius`` > 0): decoder features
+        ``self.dec[:6](z)`` (N, c1, 4h, 4w), which do not depend on the state, at agent positions
+        (N, 2) (and object poses (N, 4)) -> images (N, 3, 8h, 8w). Split out so that a pose can be
+        fitted by rendering without recomputing the features."""
+        side = features.shape[-1]  # 4h
+        pos = agent_pos.float()
+        pose = None if self.object_extent <= 0 else object_pose.float()
+        extent = self.object_extent / side  # pixels -> normalized image units (the frame is 2 * side pixels wide)
+        x = features + self.agent_half(torch.cat([features, heat_map(pos, side, self.agent_radius / 2)[:, None]], dim=1))
         if pose is not None:
-            x = x + self.object_half(torch.cat([x, object_map(pose, self.object_template, h * 4, extent)], dim=1))
+            x = x + self.object_half(torch.cat([x, object_map(pose, self.object_template, side, extent)], dim=1))
         x = self.dec[6](x)  # (N, c0, 8h, 8w)
-        x = x + self.agent_full(torch.cat([x, heat_map(pos, h * 8, self.agent_radius)[:, None]], dim=1))
+        x = x + self.agent_full(torch.cat([x, heat_map(pos, side * 2, self.agent_radius)[:, None]], dim=1))
         if pose is not None:
-            x = x + self.object_full(torch.cat([x, object_map(pose, self.object_template, h * 8, extent)], dim=1))
-        return self.dec[7:](x).reshape(*lead, 3, h * 8, w * 8)
+            x = x + self.object_full(torch.cat([x, object_map(pose, self.object_template, side * 2, extent)], dim=1))
+        return self.dec[7:](x)
 
     def loss(self, frames: torch.Tensor, agent_pos: torch.Tensor | None = None, still: torch.Tensor | None = None,
              object_pose: torch.Tensor | None = None, latent_weight: float = 1e-4) -> dict[str, torch.Tensor]:

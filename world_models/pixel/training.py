@@ -32,6 +32,8 @@ class PixelTrainConfig:
     tokenizer_steps: int = 1500
     tokenizer_batch: int = 16
     tokenizer_lr: float = 1e-3
+    object_decoder_steps: int = 800  # tokenizers that draw the object: decoder-only steps after the rest
+    object_decoder_lr: float = 5e-4
     dynamics_steps: int = 1500
     dynamics_batch: int = 32
     dynamics_lr: float = 5e-4
@@ -88,12 +90,12 @@ def _swap_rows(rows: dict[str, torch.Tensor], idx: torch.Tensor, generator: torc
     return target
 
 
-def _clip_state(model: PixelWorldModel, rows: dict[str, torch.Tensor], clip: list[torch.Tensor]
+def _clip_state(model: PixelWorldModel, rows: dict[str, torch.Tensor], clip: list[torch.Tensor], object_drawn: bool
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """For a clip of rows (list of (B,) row indices): the agent's normalized positions (B, T, 2),
     the object's poses (B, T, 4) when the tokenizer draws the object (else None), and which clips
-    (B,) bool show the scene still but for what the decoder draws from state between its first
-    and last rows (rows with ``block_pose``; None without it)."""
+    (B,) bool show the scene still between its first and last rows but for the agent (and, with
+    ``object_drawn``, the object): rows with ``block_pose``; None without it."""
     pos = model.norm_obs(torch.stack([rows["agent_pos"][i] for i in clip], dim=1).float())
     pose = None
     if model.tokenizer.object_extent > 0:
@@ -103,7 +105,7 @@ def _clip_state(model: PixelWorldModel, rows: dict[str, torch.Tensor], clip: lis
     if "block_pose" not in rows:
         return pos, pose, None
     moved = clip[-1] != clip[0]
-    if pose is not None:
+    if object_drawn:
         return pos, pose, moved
     still = (rows["block_pose"][clip[-1]] - rows["block_pose"][clip[0]]).abs().amax(dim=-1) < 1e-3
     return pos, pose, still & moved
@@ -139,32 +141,49 @@ def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[s
 def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str, Any], cfg: PixelTrainConfig,
                     progress: bool = True) -> dict[str, float]:
     """Stage 1: ``cfg.tokenizer_steps`` AdamW steps (cosine schedule) of the tokenizer's
-    reconstruction loss on clips of ``train`` rows; returns ``tokenizer_seconds`` and the
-    round trip on ``val`` (:func:`reconstruction_metrics`)."""
+    reconstruction loss on clips of ``train`` rows. A tokenizer that draws the object from its
+    pose (``object_extent`` > 0) learns in two parts: first everything but the object's template
+    (the encoder learns the whole scene, the object included, so the DiT can move it and the
+    pose head can read it), then ``cfg.object_decoder_steps`` of the decoder alone, encoder
+    frozen, drawing agent and object at the state of a row up to SWAP_HORIZON steps later
+    (:func:`_swap_rows`). Returns ``tokenizer_seconds`` and the round trip on ``val``
+    (:func:`reconstruction_metrics`)."""
     torch.manual_seed(cfg.seed)
     tr = _rows(train)
     gen = torch.Generator().manual_seed(cfg.seed)
-    dev = model.latent_mean.device
     t0 = time.time()
-    model.tokenizer.train()
-    opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg.tokenizer_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.tokenizer_steps, 1))
-    bar = tqdm(range(cfg.tokenizer_steps), desc="tokenizer", disable=not progress)
-    draws_object = model.tokenizer.object_extent > 0
+    tok = model.tokenizer
+    tok.train()
+    scene = [p for n, p in tok.named_parameters() if not n.startswith("object_")]  # object convs stay zero: no effect
+    _fit_tokenizer(model, tr, scene, cfg.tokenizer_steps, cfg.tokenizer_lr, False, cfg, gen, progress)
+    if tok.object_extent > 0:
+        decoder = [p for n, p in tok.named_parameters() if not n.startswith(("enc.", "temporal.", "to_latent."))]
+        _fit_tokenizer(model, tr, decoder, cfg.object_decoder_steps, cfg.object_decoder_lr, True, cfg, gen, progress)
+    return {"tokenizer_seconds": time.time() - t0, **reconstruction_metrics(model, val)}
+
+
+def _fit_tokenizer(model: PixelWorldModel, tr: dict[str, torch.Tensor], params: list[torch.nn.Parameter], steps: int,
+                   lr: float, object_stage: bool, cfg: PixelTrainConfig, gen: torch.Generator, progress: bool) -> None:
+    """``steps`` AdamW steps (cosine schedule) of the tokenizer's loss on ``params``: on (prev,
+    frame) clips, or with ``object_stage`` on (prev, frame, later row) clips whose last frame is
+    drawn from the first's latent."""
+    dev = model.latent_mean.device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    bar = tqdm(range(steps), desc="object decoder" if object_stage else "tokenizer", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
-        target = _swap_rows(tr, idx, gen) if draws_object else None
+        target = _swap_rows(tr, idx, gen) if object_stage else None
         clip = [_prev(tr, idx), idx] + ([] if target is None else [target])
-        pos, pose, still = _clip_state(model, tr, clip)  # unused by a tokenizer that does not draw the agent
+        pos, pose, still = _clip_state(model, tr, clip, object_stage)  # unused by a tokenizer that does not draw the agent
         out = model.tokenizer.loss(_clips(tr, idx, target).to(dev), pos.to(dev), None if still is None else still.to(dev),
                                    None if pose is None else pose.to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         bar.set_postfix(mse=f"{float(out['mse']):.5f}")
-    return {"tokenizer_seconds": time.time() - t0, **reconstruction_metrics(model, val)}
 
 
 def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
