@@ -232,7 +232,8 @@ def test_decoder_draws_the_object_from_its_pose():
     decoded at another frame's agent position and object pose looks like that other frame, not
     like its own; the object-pose head reads the pose back from latents of frames it never saw;
     observing refines that pose by rendering (the drawn frame matches the real one better); imagining
-    encodes the drawn frame again. Without a pose the decoder refuses to decode."""
+    moves the object by the object-dynamics head and encodes the drawn frame again. Without a pose
+    the decoder refuses to decode."""
     torch.manual_seed(0)
     rows, held_out = bar_rows(), bar_rows(6, seed=1)
     model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
@@ -265,8 +266,13 @@ def test_decoder_draws_the_object_from_its_pose():
             drawn = model.tokenizer.decode(carry["latents"][:, -1], model.norm_obs(r["agent_pos"][:3]), pose)
             return float((drawn - to_unit(r["pixels"][:3])).pow(2).mean())
 
-        assert render_error(carry["object_pose"]) < render_error(model.object_head(carry["latents"][:, -1]))  # fitted
+        assert render_error(carry["object_pose"][:, -1]) < render_error(model.object_head(carry["latents"][:, -1]))  # fitted
+    before = carry
     carry, pred = model.imagine(carry, r["agent_pos"][3:6])
+    dyn = model.object_dynamics  # the object moves by the object-dynamics head's change
+    assert torch.allclose(dyn.change(before["object_pose"][:, -1], carry["object_pose"][:, -1]), dyn(
+        before["object_pose"], torch.cat([model.norm_obs(before["agent_pos"]), model.norm_obs(pred.obs)[:, None]], dim=1),
+        torch.cat([model.norm_action(before["prev_action"]), model.norm_action(r["agent_pos"][3:6])[:, None]], dim=1)), atol=1e-5)
     again = model.tokenizer.encode_next(to_unit(pred.extras["pixels"]), to_unit(r["pixels"][:3]))
     assert torch.allclose(carry["latents"][:, -1], again, atol=1e-5)  # the context is the drawn frame's latent
     windows = FrameWindows({**{k: rows[k] for k in ("agent_pos", "action", "coverage", "episode")},

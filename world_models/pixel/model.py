@@ -9,7 +9,8 @@ Observations are dicts, as the Gymnasium env's: ``{"pixels": (B, H, W, 3) uint8,
 - ``latents`` (B, K, C, h, w) the last K latent frames (raw tokenizer units),
 - ``agent_pos`` (B, K, S) and ``prev_action`` (B, K, A): state shown by, and action that led to,
   each of those frames,
-- ``object_pose`` (B, 4) with ``decoder_object_extent`` > 0: the object's pose in the last frame (x, y, cos, sin).
+- ``object_pose`` (B, K, 4) with ``decoder_object_extent`` > 0: the object's pose in those frames
+  (normalized x, y, cos, sin).
 
 ``imagine`` returns ``Prediction(obs=agent state, reward, termination_logit, extras={"pixels":
 uint8 frames, "coverage": (B,) in [0, 1], "latent": (B, C, h, w)})``.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from world_models.base import Carry, ModelSpec, Prediction, WorldModel
 from world_models.pixel.dynamics import LatentFlowDiT
-from world_models.pixel.reward import AgentHead, CoverageHead, ObjectPoseHead
+from world_models.pixel.reward import AgentHead, CoverageHead, ObjectDynamicsHead, ObjectPoseHead
 from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
 
 
@@ -106,6 +107,7 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
+        self.object_dynamics = ObjectDynamicsHead(self.k) if decoder_object_extent else None
         self.pose_fit_steps, self.pose_fit_lr = 20, 0.03
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
@@ -222,7 +224,7 @@ class PixelWorldModel(WorldModel):
             "prev_action": torch.zeros(batch, self.k, a, device=dev),
         }
         if self.object_head is not None:
-            carry["object_pose"] = torch.zeros(batch, 4, device=dev)
+            carry["object_pose"] = torch.zeros(batch, self.k, 4, device=dev)
         return carry
 
     def check_obs(self, obs: dict[str, torch.Tensor]) -> None:
@@ -254,7 +256,7 @@ class PixelWorldModel(WorldModel):
         new = {"obs": pos, "pixels": px, "latents": push(carry["latents"], z),
                "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
         if self.object_head is not None:
-            new["object_pose"] = self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z))
+            new["object_pose"] = push(carry["object_pose"], self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z)))
         return new
 
     def observe_sequence(self, carry: Carry, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, is_first: torch.Tensor) -> Carry:
@@ -299,10 +301,10 @@ class PixelWorldModel(WorldModel):
         z = self.denorm_latent(x)
         if self.object_head is None:
             pixels = to_uint8(self.tokenizer.decode(z, pos_n))
-        else:  # move the object by the change the head reads between the last and the new latent, draw it
-            # there, then take the drawn frame's latent as the state (the head's bias cancels in the change)
-            pose = carry["object_pose"] + self.object_head(z) - self.object_head(carry["latents"][:, -1])
-            pose = torch.cat([pose[:, :2], F.normalize(pose[:, 2:], dim=-1)], dim=-1)
+        else:  # move the object by the object-dynamics head, draw it there, then take the drawn frame's latent as the state
+            change = self.object_dynamics(carry["object_pose"], torch.cat([states, pos_n[:, None]], dim=1),
+                                          torch.cat([acts, a[:, None]], dim=1))
+            pose = self.object_dynamics.step(carry["object_pose"][:, -1], change)
             pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose))
             z = self.tokenizer.encode_next(to_unit(pixels), to_unit(carry["pixels"]))
         logit = self.coverage_head(z)
@@ -315,28 +317,39 @@ class PixelWorldModel(WorldModel):
                "agent_pos": torch.cat([carry["agent_pos"][:, 1:], pos[:, None]], dim=1),
                "prev_action": torch.cat([carry["prev_action"][:, 1:], action.float()[:, None]], dim=1)}
         if self.object_head is not None:
-            new["object_pose"] = pose
+            new["object_pose"] = torch.cat([carry["object_pose"][:, 1:], pose[:, None]], dim=1)
         pred = Prediction(obs=pos, uncertainty=torch.zeros(b, device=dev),
                           reward=(coverage / self.success_coverage).clamp(0, 1), termination_logit=term_logit,
                           extras={"pixels": pixels, "coverage": coverage, "latent": z})
         return new, pred
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Dynamics + coverage + agent losses on windows of K + 1 rows (see
-        :class:`world_models.pixel.frames.FrameWindows` with ``context=K, future=1``):
-        ``latents`` (B, K+1, C, h, w) raw tokenizer latents, ``agent_pos`` (B, K+1, S),
-        ``prev_action`` (B, K+1, A), ``coverage`` (B, K+1), ``valid`` (B, K+1) bool, and with
-        ``decoder_object_extent`` > 0 ``block_pose`` (B, K+1, 3) (object-pose head).
-        Every frame 1..K is a flow-matching target given the clean frames before it."""
+        """:meth:`flow_loss` + :meth:`head_loss` on the same windows (training draws a larger batch
+        for the cheap heads: :func:`world_models.pixel.training.train_dynamics`)."""
+        flow, heads = self.flow_loss(batch), self.head_loss(batch)
+        return {**flow, **heads, "loss": flow["loss"] + heads["loss"]}
+
+    def _windows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Normalized latents z (B, K+1, C, h, w), a context-noised copy of them and its noise levels
+        (B, K+1) (up to ``context_noise``: imagined latents are never exact), the normalized agent
+        states (B, K+1, S) and actions (B, K+1, A) of a batch of windows."""
         z = self.norm_latent(batch["latents"].float())
         b, l = z.shape[:2]
         if l != self.k + 1:
-            raise ValueError(f"PixelWorldModel.loss needs windows of K + 1 = {self.k + 1} frames, got {l}")
-        dev = z.device
-        states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
+            raise ValueError(f"PixelWorldModel losses need windows of K + 1 = {self.k + 1} frames, got {l}")
+        level = torch.rand(b, l, device=z.device) * self.context_noise
+        noised = (1 - level)[..., None, None, None] * z + level[..., None, None, None] * torch.randn_like(z)
+        return z, noised, level, self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
+
+    def flow_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The DiT's flow-matching loss on windows of K + 1 rows (see
+        :class:`world_models.pixel.frames.FrameWindows` with ``context=K, future=1``):
+        ``latents`` (B, K+1, C, h, w) raw tokenizer latents, ``agent_pos`` (B, K+1, S),
+        ``prev_action`` (B, K+1, A), ``valid`` (B, K+1) bool. Every frame 1..K is a flow-matching
+        target given the (context-noised) clean frames before it."""
+        z, clean, level, states, acts = self._windows(batch)
+        b, l, dev = z.shape[0], z.shape[1], z.device
         cond = torch.cat([acts, states], dim=-1)
-        level = torch.rand(b, l, device=dev) * self.context_noise
-        clean = (1 - level)[..., None, None, None] * z + level[..., None, None, None] * torch.randn_like(z)
         x1 = (z[:, 1:] - clean[:, :-1]) / self.delta_std[:, None, None] if self.residual else z[:, 1:]
         x0 = torch.randn_like(x1)
         tau = torch.rand(b, l - 1, device=dev)
@@ -349,17 +362,29 @@ class PixelWorldModel(WorldModel):
         weights = self.flow_weights(states)
         per_frame = err.mean(dim=(2, 3)) if weights is None else (err * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
         flow = (per_frame * valid).sum() / valid.sum().clamp_min(1)
-        # coverage head on clean and on context-noised latents (imagined latents are never exact)
-        zs = torch.cat([batch["latents"].float(), self.denorm_latent(clean)], dim=0).flatten(0, 1)
+        return {"loss": flow, "flow": flow.detach()}
+
+    def head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of the heads on windows as in :meth:`flow_loss` plus ``coverage`` (B, K+1) and,
+        with ``decoder_object_extent`` > 0, ``block_pose`` (B, K+1, 3): coverage head (BCE, on
+        clean and context-noised latents), agent head (next-position MSE), object-pose head
+        (pose MSE, same latents) and object-dynamics head (pose-change MSE)."""
+        _, noised, _, states, acts = self._windows(batch)
+        zs = torch.cat([batch["latents"].float(), self.denorm_latent(noised)], dim=0).flatten(0, 1)
         cov = torch.cat([batch["coverage"].float()] * 2, dim=0).flatten()
         reward = self.coverage_head.loss(zs, cov)
         delta = self.agent_head(states[:, :-1], acts)
         agent = F.mse_loss(delta, states[:, -1] - states[:, -2])
-        out = {"flow": flow.detach(), "coverage_bce": reward.detach(), "agent_mse": agent.detach()}
-        loss = flow + reward + 10.0 * agent
+        out = {"coverage_bce": reward.detach(), "agent_mse": agent.detach()}
+        loss = reward + 10.0 * agent
         if self.object_head is not None:
             if "block_pose" not in batch:
                 raise ValueError("a model whose decoder draws the object needs the rows' block_pose (B, K+1, 3)")
-            pose = self.object_head.loss(zs, self.norm_object_pose(torch.cat([batch["block_pose"].float()] * 2).flatten(0, 1)))
-            loss, out["pose_mse"] = loss + 10.0 * pose, pose.detach()
+            poses = self.norm_object_pose(batch["block_pose"].float())  # (B, K+1, 4)
+            pose = self.object_head.loss(zs, torch.cat([poses] * 2).flatten(0, 1))
+            scale = self.object_dynamics.SCALE
+            change = self.object_dynamics(poses[:, :-1], states, acts)
+            moved = F.mse_loss(change / scale, self.object_dynamics.change(poses[:, -2], poses[:, -1]) / scale)
+            loss = loss + 10.0 * pose + moved
+            out.update(pose_mse=pose.detach(), object_change_mse=moved.detach())
         return {"loss": loss, **out}

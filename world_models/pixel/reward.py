@@ -70,3 +70,45 @@ class ObjectPoseHead(nn.Module):
     def loss(self, z: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """MSE of the poses of latents (B, C, h, w) against true poses (B, 4)."""
         return F.mse_loss(self(z), pose)
+
+
+class ObjectDynamicsHead(nn.Module):
+    """Change of the pushed object's pose over one step, from its last K normalized poses
+    (B, K, 4) = (x, y, cos a, sin a), the agent's positions (B, K + 1, 2) up to the new one and the
+    actions that led to them (B, K + 1, 2), all normalized: (B, 3) = (dx, dy, da) (normalized
+    image units, radians). The agent's positions enter relative to the object, in the image's
+    and in the object's frame (contact depends on where the pusher is on the object)."""
+
+    SCALE = 0.1  # outputs are small: a pushed T moves about 2 px (0.06 normalized) per step
+
+    def __init__(self, context: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(context * 4 + 4 + 3 * (context + 1) * 2, hidden), nn.SiLU(),
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3),
+        )
+
+    def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        last = poses[:, -1]
+        c, s = last[:, 2:3, None], last[:, 3:4, None]
+
+        def in_object_frame(p: torch.Tensor) -> torch.Tensor:  # (B, N, 2) relative -> rotated by -a
+            return torch.stack([c[..., 0] * p[..., 0] + s[..., 0] * p[..., 1], c[..., 0] * p[..., 1] - s[..., 0] * p[..., 0]], dim=-1)
+
+        rel_agent, rel_action = agent - last[:, None, :2], actions - last[:, None, :2]
+        x = torch.cat([(poses[..., :2] - last[:, None, :2]).flatten(1), poses[..., 2:].flatten(1), last,
+                       rel_agent.flatten(1), in_object_frame(rel_agent).flatten(1), rel_action.flatten(1)], dim=-1)
+        return self.net(x) * self.SCALE
+
+    @staticmethod
+    def step(pose: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """Pose (B, 4) moved by a change (B, 3) -> (B, 4)."""
+        angle = torch.atan2(pose[:, 3], pose[:, 2]) + change[:, 2]
+        return torch.cat([pose[:, :2] + change[:, :2], angle.cos()[:, None], angle.sin()[:, None]], dim=-1)
+
+    @staticmethod
+    def change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """The change (..., 3) between poses (..., 4): the target of :meth:`forward`."""
+        da = torch.atan2(after[..., 3] * before[..., 2] - after[..., 2] * before[..., 3],
+                         after[..., 2] * before[..., 2] + after[..., 3] * before[..., 3])
+        return torch.cat([after[..., :2] - before[..., :2], da[..., None]], dim=-1)

@@ -36,6 +36,7 @@ class PixelTrainConfig:
     object_decoder_lr: float = 5e-4
     dynamics_steps: int = 1500
     dynamics_batch: int = 32
+    head_batch: int = 128  # windows per step for the heads (coverage, agent, object), which cost little
     dynamics_lr: float = 5e-4
     grad_clip: float = 1.0
     seed: int = 0
@@ -209,7 +210,9 @@ def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrai
     bar = tqdm(range(cfg.dynamics_steps), desc="dynamics", disable=not progress)
     out: dict[str, torch.Tensor] = {}
     for _ in bar:
-        out = model.loss({k: v.to(dev) for k, v in windows.sample(cfg.dynamics_batch).items()})
+        flow = model.flow_loss({k: v.to(dev) for k, v in windows.sample(cfg.dynamics_batch).items()})
+        heads = model.head_loss({k: v.to(dev) for k, v in windows.sample(cfg.head_batch).items()})
+        out = {**flow, **heads, "loss": flow["loss"] + heads["loss"]}
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
