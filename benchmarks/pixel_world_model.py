@@ -384,6 +384,7 @@ def main() -> None:
     p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="train, tokenizer: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (2 = both cores of the reference machine)")
     args = p.parse_args()
     known = load_cfg()[0]["params"]
     overrides = {}
@@ -392,7 +393,7 @@ def main() -> None:
         if not sep or key not in known:
             p.error(f"--param {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
         overrides[key] = yaml.safe_load(value)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.phase == "train":
         if args.continue_from:
             continue_training(Path(args.run), args.seed, args.continue_from, args.dynamics_steps)
