@@ -148,7 +148,7 @@ def frozen_latent_psnr(model, rows: dict, horizons=HORIZONS, starts: int = 256) 
     z = encode_rows(model, r)[start]
     for h in horizons:
         pos = model.norm_obs(r["agent_pos"][start + h].float())
-        pose = model.norm_object_pose(r["block_pose"][start + h].float()) if model.tokenizer.object_extent > 0 else None
+        pose = model.norm_object_pose(r["block_pose"][start + h].float()) if model.object_head is not None else None
         frames = to_uint8(model.tokenizer.decode(z, pos, pose))
         out[f"h{h}"] = float(psnr(frames, r["pixels"][start + h]).mean())
     return out

@@ -99,7 +99,7 @@ def _clip_state(model: PixelWorldModel, rows: dict[str, torch.Tensor], clip: lis
     ``object_drawn``, the object): rows with ``block_pose``; None without it."""
     pos = model.norm_obs(torch.stack([rows["agent_pos"][i] for i in clip], dim=1).float())
     pose = None
-    if model.tokenizer.object_extent > 0:
+    if model.object_head is not None:
         if "block_pose" not in rows:
             raise ValueError("a tokenizer that draws the object from its pose needs rows with block_pose")
         pose = model.norm_object_pose(torch.stack([rows["block_pose"][i] for i in clip], dim=1).float())
@@ -143,7 +143,7 @@ def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str
                     progress: bool = True) -> dict[str, float]:
     """Stage 1: ``cfg.tokenizer_steps`` AdamW steps (cosine schedule) of the tokenizer's
     reconstruction loss on clips of ``train`` rows. A tokenizer that draws the object from its
-    pose (``object_extent`` > 0) learns in two parts: first everything but the object's template
+    pose (``decoder_object_extent`` > 0) learns in two parts: first everything but the object's template
     (the encoder learns the whole scene, the object included, so the DiT can move it and the
     pose head can read it), then ``cfg.object_decoder_steps`` of the decoder alone, encoder
     frozen, drawing agent and object at the state of a row up to SWAP_HORIZON steps later
@@ -157,7 +157,7 @@ def train_tokenizer(model: PixelWorldModel, train: dict[str, Any], val: dict[str
     tok.train()
     scene = [p for n, p in tok.named_parameters() if not n.startswith("object_")]  # object convs stay zero: no effect
     _fit_tokenizer(model, tr, scene, cfg.tokenizer_steps, cfg.tokenizer_lr, False, cfg, gen, progress)
-    if tok.object_extent > 0:
+    if model.object_head is not None:
         decoder = [p for n, p in tok.named_parameters() if not n.startswith(("enc.", "temporal.", "to_latent."))]
         _fit_tokenizer(model, tr, decoder, cfg.object_decoder_steps, cfg.object_decoder_lr, True, cfg, gen, progress)
     return {"tokenizer_seconds": time.time() - t0, **reconstruction_metrics(model, val)}
@@ -232,7 +232,7 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     r = _rows(rows)
     idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
     z = model.tokenizer.encode(_clips(r, idx).to(model.latent_mean.device))[:, 1]
-    pose = model.norm_object_pose(r["block_pose"][idx].float()).to(z.device) if model.tokenizer.object_extent > 0 else None
+    pose = model.norm_object_pose(r["block_pose"][idx].float()).to(z.device) if model.object_head is not None else None
     rec = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][idx].float()).to(z.device), pose)).cpu()
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
 
