@@ -72,11 +72,15 @@ def _prev(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     return torch.where(rows["step"][idx] > 0, idx - 1, idx)
 
 
-def _clips(rows: dict[str, torch.Tensor], idx: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Pairs (prev, frame) of rows ``idx`` as (B, 2, 3, H, W) in [-1, 1] (first frames repeat);
-    with ``target`` (B,) rows, triples (prev, frame, target)."""
-    rows_ = [_prev(rows, idx), idx] + ([] if target is None else [target])
-    return to_unit(torch.stack([rows["pixels"][i] for i in rows_], dim=1))
+def _clip_rows(rows: dict[str, torch.Tensor], idx: torch.Tensor, target: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Row indices (prev, frame) of rows ``idx`` (first frames repeat); with ``target`` (B,) rows,
+    (prev, frame, target)."""
+    return [_prev(rows, idx), idx] + ([] if target is None else [target])
+
+
+def _clips(rows: dict[str, torch.Tensor], clip: list[torch.Tensor]) -> torch.Tensor:
+    """The frames of a clip of rows (list of T (B,) row indices) as (B, T, 3, H, W) in [-1, 1]."""
+    return to_unit(torch.stack([rows["pixels"][i] for i in clip], dim=1))
 
 
 SWAP_HORIZON = 16  # how far ahead (rows) the swap target of a state-drawing tokenizer lies, at most
@@ -117,7 +121,7 @@ def encode_rows(model: PixelWorldModel, rows: dict[str, torch.Tensor], batch: in
     """Causal latents (N, C, h, w) of every frame row (each frame with the one before it)."""
     model.eval()
     dev = model.latent_mean.device
-    out = [model.tokenizer.encode(_clips(rows, torch.arange(i, min(i + batch, len(rows["step"])))).to(dev))[:, 1].cpu()
+    out = [model.tokenizer.encode(_clips(rows, _clip_rows(rows, torch.arange(i, min(i + batch, len(rows["step"]))))).to(dev))[:, 1].cpu()
            for i in range(0, len(rows["step"]), batch)]
     return torch.cat(out)
 
@@ -175,9 +179,9 @@ def _fit_tokenizer(model: PixelWorldModel, tr: dict[str, torch.Tensor], params: 
     for _ in bar:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
         target = _swap_rows(tr, idx, gen) if object_stage else None
-        clip = [_prev(tr, idx), idx] + ([] if target is None else [target])
+        clip = _clip_rows(tr, idx, target)
         pos, pose, still = _clip_state(model, tr, clip, object_stage)  # unused by a tokenizer that does not draw the agent
-        out = model.tokenizer.loss(_clips(tr, idx, target).to(dev), pos.to(dev), None if still is None else still.to(dev),
+        out = model.tokenizer.loss(_clips(tr, clip).to(dev), pos.to(dev), None if still is None else still.to(dev),
                                    None if pose is None else pose.to(dev))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -231,7 +235,7 @@ def reconstruction_metrics(model: PixelWorldModel, rows: dict[str, Any], limit: 
     model.eval()
     r = _rows(rows)
     idx = torch.linspace(0, len(r["step"]) - 1, min(limit, len(r["step"]))).long()
-    z = model.tokenizer.encode(_clips(r, idx).to(model.latent_mean.device))[:, 1]
+    z = model.tokenizer.encode(_clips(r, _clip_rows(r, idx)).to(model.latent_mean.device))[:, 1]
     pose = model.norm_object_pose(r["block_pose"][idx].float()).to(z.device) if model.object_head is not None else None
     rec = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][idx].float()).to(z.device), pose)).cpu()
     return {"tokenizer_psnr": float(psnr(rec, r["pixels"][idx]).mean()), "tokenizer_ssim": float(ssim(rec, r["pixels"][idx]).mean())}
