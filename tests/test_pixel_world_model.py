@@ -61,7 +61,8 @@ def trained_square_model(one_torch_thread):
     rows = square_rows()
     model = build_model("pixel_dit", spec(), **TINY)
     cfg = PixelTrainConfig(tokenizer_steps=80, tokenizer_batch=16, tokenizer_lr=3e-3, dynamics_steps=300, dynamics_batch=32,
-                           dynamics_lr=3e-3, head_steps=300, head_batch=32, head_lr=3e-3)
+                           dynamics_lr=3e-3, head_steps=300, head_batch=32, head_lr=3e-3, state_head_steps=300,
+                           state_head_batch=32, state_head_lr=3e-3)
     metrics = train_pixel_model(model, rows, square_rows(4, seed=1), cfg, progress=False)
     return model, rows, metrics
 
@@ -136,7 +137,7 @@ def test_residual_model_with_agent_maps_follows_actions(trained_square_model):
     assert int(maps[0, :, :16].sum(-1).argmax()) == (side - 1) * side  # agent at bottom left: last row, first column
     assert int(maps[0, :, 16:].sum(-1).argmax()) == side - 1  # target at top right
     cfg = PixelTrainConfig(dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3, head_steps=300, head_batch=32,
-                           head_lr=3e-3)
+                           head_lr=3e-3, state_head_steps=300, state_head_batch=32, state_head_lr=3e-3)
     train_dynamics(model, rows, cfg, fit_stats=True, progress=False)
     assert float(model.delta_std.min()) >= 0.05 and not torch.equal(model.latent_std, torch.ones_like(model.latent_std))
     start = {"pixels": torch.as_tensor(square_frames(np.array([[256.0, 256.0]] * 2))), "agent_pos": torch.full((2, 2), 256.0)}
@@ -240,7 +241,8 @@ def test_decoder_draws_the_object_from_its_pose():
     model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
     cfg = PixelTrainConfig(tokenizer_steps=150, tokenizer_batch=16, tokenizer_lr=3e-3, object_decoder_steps=250,
                            object_decoder_lr=3e-3, dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3,
-                           head_steps=300, head_batch=32, head_lr=3e-3)
+                           head_steps=300, head_batch=32, head_lr=3e-3, state_head_steps=300,
+                           state_head_batch=32, state_head_lr=3e-3)
     train_tokenizer(model, rows, held_out, cfg, progress=False)
     r = {k: torch.as_tensor(v) for k, v in held_out.items()}
     a, b = torch.arange(0, 40, 2), torch.arange(1, 41, 2)  # pairs of different poses
@@ -360,7 +362,8 @@ def test_loop_collects_and_trains_pusht(tmp_path):
         "task=pusht", "model=pixel_dit", f"run_dir={tmp_path}", "progress=false", "collect.steps=160",
         "model.val_fraction=0.5", "model.history=2", "model.train.tokenizer_steps=2", "model.train.dynamics_steps=2",
         "model.train.tokenizer_batch=2", "model.train.dynamics_batch=2", "model.train.object_decoder_steps=2",
-        "model.train.head_batch=2", "model.train.head_steps=2", "model.params.dim=16", "model.params.depth=1",
+        "model.train.head_batch=2", "model.train.head_steps=2",
+        "model.train.state_head_steps=2", "model.train.state_head_batch=2", "model.params.dim=16", "model.params.depth=1",
         "model.params.heads=2", "model.params.tokenizer_channels=[8,8,8,8]", "model.params.latent_channels=4",
     ])
     run_collect(cfg)  # collect.steps // 151 = one episode of up to 150 actions ...

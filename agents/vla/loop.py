@@ -53,7 +53,7 @@ class PostTrainConfig:
     real_check_every: int = 4       # iterations between real checks
     real_check_episodes: int = 20   # real episodes per check (spread over the variants)
     real_check_seed: int = 50000
-    dynamics_steps: int = 150       # world-model fine-tuning steps per refinement, DiT and heads each (0: no refinement)
+    dynamics_steps: int = 150       # world-model fine-tuning steps per refinement, DiT and each group of heads (0: no refinement)
     dynamics_batch: int = 16
     dynamics_lr: float = 2e-4
     near_fraction: float = 0.5      # share of imagined starts with the T within near_distance of the instructed target
@@ -210,7 +210,9 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             train = concat_rows([base_rows, loop_rows])
             tcfg = PixelTrainConfig(dynamics_steps=cfg.dynamics_steps, dynamics_batch=cfg.dynamics_batch,
                                     dynamics_lr=cfg.dynamics_lr, head_steps=cfg.dynamics_steps,
-                                    head_batch=cfg.dynamics_batch, head_lr=cfg.dynamics_lr, seed=cfg.seed + rnd)
+                                    head_batch=cfg.dynamics_batch, head_lr=cfg.dynamics_lr,
+                                    state_head_steps=cfg.dynamics_steps, state_head_batch=cfg.dynamics_batch,
+                                    state_head_lr=cfg.dynamics_lr, seed=cfg.seed + rnd)
             metrics = train_dynamics(model, train, tcfg, progress=progress)
             model.eval()
             refinements.append({"round": rnd, "rows": int(len(loop_rows["step"])), **metrics})

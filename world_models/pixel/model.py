@@ -324,10 +324,11 @@ class PixelWorldModel(WorldModel):
         return new, pred
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """:meth:`flow_loss` + :meth:`head_loss` on the same windows (training draws a larger batch
-        for the cheap heads: :func:`world_models.pixel.training.train_dynamics`)."""
-        flow, heads = self.flow_loss(batch), self.head_loss(batch)
-        return {**flow, **heads, "loss": flow["loss"] + heads["loss"]}
+        """:meth:`flow_loss` + :meth:`latent_head_loss` + :meth:`state_head_loss` on the same
+        windows (training gives each part its own batch and steps:
+        :func:`world_models.pixel.training.train_dynamics`)."""
+        parts = self.flow_loss(batch), self.latent_head_loss(batch), self.state_head_loss(batch)
+        return {**parts[0], **parts[1], **parts[2], "loss": sum(p["loss"] for p in parts)}
 
     def _windows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Normalized latents z (B, K+1, C, h, w), a context-noised copy of them and its noise levels
@@ -364,27 +365,43 @@ class PixelWorldModel(WorldModel):
         flow = (per_frame * valid).sum() / valid.sum().clamp_min(1)
         return {"loss": flow, "flow": flow.detach()}
 
-    def head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Losses of the heads on windows as in :meth:`flow_loss` plus ``coverage`` (B, K+1) and,
-        with ``decoder_object_extent`` > 0, ``block_pose`` (B, K+1, 3): coverage head (BCE, on
-        clean and context-noised latents), agent head (next-position MSE), object-pose head
-        (pose MSE, same latents) and object-dynamics head (pose-change MSE)."""
-        _, noised, _, states, acts = self._windows(batch)
+    def latent_head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of the heads that read latents, on windows as in :meth:`flow_loss` plus
+        ``coverage`` (B, K+1) and, with ``decoder_object_extent`` > 0, ``block_pose`` (B, K+1, 3):
+        coverage head (BCE) and object-pose head (pose MSE), both on the clean and the
+        context-noised latents of every frame."""
+        _, noised, _, _, _ = self._windows(batch)
         zs = torch.cat([batch["latents"].float(), self.denorm_latent(noised)], dim=0).flatten(0, 1)
         cov = torch.cat([batch["coverage"].float()] * 2, dim=0).flatten()
-        reward = self.coverage_head.loss(zs, cov)
-        delta = self.agent_head(states[:, :-1], acts)
-        agent = F.mse_loss(delta, states[:, -1] - states[:, -2])
-        out = {"coverage_bce": reward.detach(), "agent_mse": agent.detach()}
-        loss = reward + 10.0 * agent
+        loss = self.coverage_head.loss(zs, cov)
+        out = {"coverage_bce": loss.detach()}
         if self.object_head is not None:
-            if "block_pose" not in batch:
-                raise ValueError("a model whose decoder draws the object needs the rows' block_pose (B, K+1, 3)")
-            poses = self.norm_object_pose(batch["block_pose"].float())  # (B, K+1, 4)
+            poses = self._object_poses(batch)
             pose = self.object_head.loss(zs, torch.cat([poses] * 2).flatten(0, 1))
+            loss = loss + 10.0 * pose
+            out["pose_mse"] = pose.detach()
+        return {"loss": loss, **out}
+
+    def state_head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of the heads that read states only, on windows as in :meth:`latent_head_loss`:
+        agent head (next-position MSE) and, with ``decoder_object_extent`` > 0, object-dynamics
+        head (pose-change MSE in units of its ``SCALE``)."""
+        states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
+        if states.shape[1] != self.k + 1:
+            raise ValueError(f"PixelWorldModel losses need windows of K + 1 = {self.k + 1} frames, got {states.shape[1]}")
+        agent = F.mse_loss(self.agent_head(states[:, :-1], acts), states[:, -1] - states[:, -2])
+        loss, out = 10.0 * agent, {"agent_mse": agent.detach()}
+        if self.object_head is not None:
+            poses = self._object_poses(batch)
             scale = self.object_dynamics.SCALE
             change = self.object_dynamics(poses[:, :-1], states, acts)
             moved = F.mse_loss(change / scale, self.object_dynamics.change(poses[:, -2], poses[:, -1]) / scale)
-            loss = loss + 10.0 * pose + moved
-            out.update(pose_mse=pose.detach(), object_change_mse=moved.detach())
+            loss = loss + moved
+            out["object_change_mse"] = moved.detach()
         return {"loss": loss, **out}
+
+    def _object_poses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized object poses (B, K+1, 4) of a batch's ``block_pose`` (B, K+1, 3)."""
+        if "block_pose" not in batch:
+            raise ValueError("a model whose decoder draws the object needs the rows' block_pose (B, K+1, 3)")
+        return self.norm_object_pose(batch["block_pose"].float())

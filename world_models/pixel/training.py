@@ -37,9 +37,12 @@ class PixelTrainConfig:
     dynamics_steps: int = 1500
     dynamics_batch: int = 32
     dynamics_lr: float = 5e-4
-    head_steps: int = 1500  # the heads (coverage, agent, object) train apart from the DiT: own optimizer and schedule
-    head_batch: int = 128  # windows per head step; the heads cost little next to the DiT
+    head_steps: int = 1500  # heads on latents (coverage, object pose): apart from the DiT, own optimizer and schedule
+    head_batch: int = 64  # windows per step (K + 1 latents each, clean and context-noised)
     head_lr: float = 1e-3
+    state_head_steps: int = 12000  # heads on states only (agent, object dynamics): small MLPs, cheap steps
+    state_head_batch: int = 256
+    state_head_lr: float = 1e-3
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -195,12 +198,13 @@ def _fit_tokenizer(model: PixelWorldModel, tr: dict[str, torch.Tensor], params: 
 
 def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
                    progress: bool = True) -> dict[str, float]:
-    """Stage 2 alone, the tokenizer frozen: ``cfg.dynamics_steps`` of the DiT's flow loss, then
-    ``cfg.head_steps`` of the heads' losses (coverage, agent, object pose and dynamics), each with
-    its own AdamW, cosine schedule and gradient clip (the heads read latents, not the DiT, and
-    under the DiT's schedule and clip they did not learn: run 8 in BENCHMARKS.md). ``fit_stats``
-    refits the latent normalization (a fresh model); without it the trained model's units are
-    kept, so this also fine-tunes a trained model on new rows. Returns the final losses and
+    """Stage 2 alone, the tokenizer frozen, in three parts with their own steps, batch, AdamW,
+    cosine schedule and gradient clip: the DiT's flow loss (``cfg.dynamics_*``), the heads on
+    latents (``cfg.head_*``: coverage, object pose) and the heads on states (``cfg.state_head_*``:
+    agent, object dynamics). No head reads the DiT's output, and under the DiT's schedule and clip
+    they did not learn (run 8 in BENCHMARKS.md); the state heads are cheap MLPs that need many
+    samples (run 9). ``fit_stats`` refits the latent normalization (a fresh model); without it the
+    trained model's units are kept, so this also fine-tunes a trained model on new rows. Returns the final losses and
     ``dynamics_seconds``."""
     torch.manual_seed(cfg.seed)
     tr = _rows(train)
@@ -213,12 +217,16 @@ def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrai
     windows = FrameWindows({**{k: tr[k] for k in fields}, "latents": latents_tr},
                            context=model.k, future=1, seed=cfg.seed)
     model.train()
-    dit = [p for n, p in model.named_parameters() if n.startswith("dit.")]
-    heads = [p for n, p in model.named_parameters() if not n.startswith(("dit.", "tokenizer."))]
-    out = _fit(dit, lambda: model.flow_loss({k: v.to(dev) for k, v in windows.sample(cfg.dynamics_batch).items()}),
-               cfg.dynamics_steps, cfg.dynamics_lr, cfg.grad_clip, "dynamics", progress)
-    out.update(_fit(heads, lambda: model.head_loss({k: v.to(dev) for k, v in windows.sample(cfg.head_batch).items()}),
-                    cfg.head_steps, cfg.head_lr, cfg.grad_clip, "heads", progress))
+    parts = [("dynamics", [model.dit], model.flow_loss, cfg.dynamics_steps, cfg.dynamics_batch, cfg.dynamics_lr),
+             ("latent heads", [model.coverage_head, model.object_head], model.latent_head_loss, cfg.head_steps,
+              cfg.head_batch, cfg.head_lr),
+             ("state heads", [model.agent_head, model.object_dynamics], model.state_head_loss, cfg.state_head_steps,
+              cfg.state_head_batch, cfg.state_head_lr)]
+    out: dict[str, torch.Tensor] = {}
+    for desc, modules, loss, steps, batch, lr in parts:  # each part runs to the end before the next
+        params = [p for m in modules if m is not None for p in m.parameters()]
+        out.update(_fit(params, lambda: loss({k: v.to(dev) for k, v in windows.sample(batch).items()}),
+                        steps, lr, cfg.grad_clip, desc, progress))
     out.pop("loss", None)
     model.eval()
     metrics = {f"final_{k}": float(v) for k, v in out.items()}
