@@ -108,7 +108,7 @@ class PixelWorldModel(WorldModel):
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
         self.object_dynamics = ObjectDynamicsHead(self.k) if decoder_object_extent else None
-        self.pose_fit_steps, self.pose_fit_lr = 20, 0.03  # render-and-compare at observe (fit_object_pose)
+        self.pose_fit_steps, self.pose_fit_lr = 40, 0.02  # render-and-compare at observe (fit_object_pose; run 10)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
                                  token_extra=2 * self.MAP_CELLS**2 if agent_maps else 0)
