@@ -1,8 +1,9 @@
 """Training of the pixel world model in two stages, and its image metrics.
 
 1. the tokenizer on pairs of consecutive frames (reconstruction),
-2. frozen tokenizer: every frame is encoded once (causally), then the DiT, the coverage head
-   and the agent head train on latent windows (:meth:`PixelWorldModel.loss`).
+2. frozen tokenizer: every frame is encoded once (causally), then the DiT, the heads on latents
+   and the heads on states train on latent windows, one part after the other
+   (:meth:`PixelWorldModel.flow_loss`, ``latent_head_loss``, ``state_head_loss``).
 
 Metrics: PSNR (dB, frames in [0, 1]) and SSIM (11x11 Gaussian window, sigma 1.5, per channel,
 averaged), and open-loop rollouts from real context with the real actions.
@@ -178,22 +179,16 @@ def _fit_tokenizer(model: PixelWorldModel, tr: dict[str, torch.Tensor], params: 
     frame) clips, or with ``object_stage`` on (prev, frame, later row) clips whose last frame is
     drawn from the first's latent."""
     dev = model.latent_mean.device
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    bar = tqdm(range(steps), desc="object decoder" if object_stage else "tokenizer", disable=not progress)
-    for _ in bar:
+
+    def loss() -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(tr["step"]), (cfg.tokenizer_batch,), generator=gen)
         target = _swap_rows(tr, idx, gen) if object_stage else None
         clip = _clip_rows(tr, idx, target)
         pos, pose, still = _clip_state(model, tr, clip, object_stage)  # unused by a tokenizer that does not draw the agent
-        out = model.tokenizer.loss(_clips(tr, clip).to(dev), pos.to(dev), None if still is None else still.to(dev),
-                                   None if pose is None else pose.to(dev))
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        bar.set_postfix(mse=f"{float(out['mse']):.5f}")
+        return model.tokenizer.loss(_clips(tr, clip).to(dev), pos.to(dev), None if still is None else still.to(dev),
+                                    None if pose is None else pose.to(dev))
+
+    _fit(params, loss, steps, lr, cfg.grad_clip, "object decoder" if object_stage else "tokenizer", progress)
 
 
 def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
@@ -204,8 +199,8 @@ def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrai
     agent, object dynamics). No head reads the DiT's output, and under the DiT's schedule and clip
     they did not learn (run 8 in BENCHMARKS.md); the state heads are cheap MLPs that need many
     samples (run 9). ``fit_stats`` refits the latent normalization (a fresh model); without it the
-    trained model's units are kept, so this also fine-tunes a trained model on new rows. Returns the final losses and
-    ``dynamics_seconds``."""
+    trained model's units are kept, so this also fine-tunes a trained model on new rows. Returns
+    the final losses and ``dynamics_seconds``."""
     torch.manual_seed(cfg.seed)
     tr = _rows(train)
     dev = model.latent_mean.device
