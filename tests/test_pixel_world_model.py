@@ -17,6 +17,8 @@ from world_models.pixel.training import (PixelTrainConfig, encode_rows, open_loo
                                          train_pixel_model, train_tokenizer)
 
 SIZE = 16
+HEADS = dict(head_steps=300, head_batch=32, head_lr=3e-3, state_head_steps=300, state_head_batch=32,
+             state_head_lr=3e-3)  # both groups of heads, as long as the tests' DiT
 TINY = dict(frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32, depth=2, heads=2,
             patch=1, reward_hidden=16)
 
@@ -61,8 +63,7 @@ def trained_square_model(one_torch_thread):
     rows = square_rows()
     model = build_model("pixel_dit", spec(), **TINY)
     cfg = PixelTrainConfig(tokenizer_steps=80, tokenizer_batch=16, tokenizer_lr=3e-3, dynamics_steps=300, dynamics_batch=32,
-                           dynamics_lr=3e-3, head_steps=300, head_batch=32, head_lr=3e-3, state_head_steps=300,
-                           state_head_batch=32, state_head_lr=3e-3)
+                           dynamics_lr=3e-3, **HEADS)
     metrics = train_pixel_model(model, rows, square_rows(4, seed=1), cfg, progress=False)
     return model, rows, metrics
 
@@ -136,8 +137,7 @@ def test_residual_model_with_agent_maps_follows_actions(trained_square_model):
     assert maps.shape == (1, side * side, 2 * model.MAP_CELLS**2)
     assert int(maps[0, :, :16].sum(-1).argmax()) == (side - 1) * side  # agent at bottom left: last row, first column
     assert int(maps[0, :, 16:].sum(-1).argmax()) == side - 1  # target at top right
-    cfg = PixelTrainConfig(dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3, head_steps=300, head_batch=32,
-                           head_lr=3e-3, state_head_steps=300, state_head_batch=32, state_head_lr=3e-3)
+    cfg = PixelTrainConfig(dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3, **HEADS)
     train_dynamics(model, rows, cfg, fit_stats=True, progress=False)
     assert float(model.delta_std.min()) >= 0.05 and not torch.equal(model.latent_std, torch.ones_like(model.latent_std))
     start = {"pixels": torch.as_tensor(square_frames(np.array([[256.0, 256.0]] * 2))), "agent_pos": torch.full((2, 2), 256.0)}
@@ -247,8 +247,7 @@ def test_decoder_draws_the_object_from_its_pose():
     model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
     cfg = PixelTrainConfig(tokenizer_steps=150, tokenizer_batch=16, tokenizer_lr=3e-3, object_decoder_steps=250,
                            object_decoder_lr=3e-3, dynamics_steps=300, dynamics_batch=32, dynamics_lr=3e-3,
-                           head_steps=300, head_batch=32, head_lr=3e-3, state_head_steps=300,
-                           state_head_batch=32, state_head_lr=3e-3)
+                           **HEADS)
     train_tokenizer(model, rows, held_out, cfg, progress=False)
     r = {k: torch.as_tensor(v) for k, v in held_out.items()}
     a, b = torch.arange(0, 40, 2), torch.arange(1, 41, 2)  # pairs of different poses

@@ -328,7 +328,7 @@ class PixelWorldModel(WorldModel):
         windows (training gives each part its own batch and steps:
         :func:`world_models.pixel.training.train_dynamics`)."""
         parts = self.flow_loss(batch), self.latent_head_loss(batch), self.state_head_loss(batch)
-        return {**parts[0], **parts[1], **parts[2], "loss": sum(p["loss"] for p in parts)}
+        return {**{k: v for p in parts for k, v in p.items()}, "loss": sum(p["loss"] for p in parts)}
 
     def _windows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Normalized latents z (B, K+1, C, h, w), a context-noised copy of them and its noise levels
@@ -336,8 +336,7 @@ class PixelWorldModel(WorldModel):
         states (B, K+1, S) and actions (B, K+1, A) of a batch of windows."""
         z = self.norm_latent(batch["latents"].float())
         b, l = z.shape[:2]
-        if l != self.k + 1:
-            raise ValueError(f"PixelWorldModel losses need windows of K + 1 = {self.k + 1} frames, got {l}")
+        self._check_window(l)
         level = torch.rand(b, l, device=z.device) * self.context_noise
         noised = (1 - level)[..., None, None, None] * z + level[..., None, None, None] * torch.randn_like(z)
         return z, noised, level, self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
@@ -387,8 +386,7 @@ class PixelWorldModel(WorldModel):
         agent head (next-position MSE) and, with ``decoder_object_extent`` > 0, object-dynamics
         head (pose-change MSE in units of its ``SCALE``)."""
         states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
-        if states.shape[1] != self.k + 1:
-            raise ValueError(f"PixelWorldModel losses need windows of K + 1 = {self.k + 1} frames, got {states.shape[1]}")
+        self._check_window(states.shape[1])
         agent = F.mse_loss(self.agent_head(states[:, :-1], acts), states[:, -1] - states[:, -2])
         loss, out = 10.0 * agent, {"agent_mse": agent.detach()}
         if self.object_head is not None:
@@ -399,6 +397,10 @@ class PixelWorldModel(WorldModel):
             loss = loss + moved
             out["object_change_mse"] = moved.detach()
         return {"loss": loss, **out}
+
+    def _check_window(self, length: int) -> None:
+        if length != self.k + 1:
+            raise ValueError(f"PixelWorldModel losses need windows of K + 1 = {self.k + 1} frames, got {length}")
 
     def _object_poses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized object poses (B, K+1, 4) of a batch's ``block_pose`` (B, K+1, 3)."""

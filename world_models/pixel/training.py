@@ -127,8 +127,9 @@ def encode_rows(model: PixelWorldModel, rows: dict[str, torch.Tensor], batch: in
     """Causal latents (N, C, h, w) of every frame row (each frame with the one before it)."""
     model.eval()
     dev = model.latent_mean.device
-    out = [model.tokenizer.encode(_clips(rows, _clip_rows(rows, torch.arange(i, min(i + batch, len(rows["step"]))))).to(dev))[:, 1].cpu()
-           for i in range(0, len(rows["step"]), batch)]
+    n = len(rows["step"])
+    out = [model.tokenizer.encode(_clips(rows, _clip_rows(rows, torch.arange(i, min(i + batch, n)))).to(dev))[:, 1].cpu()
+           for i in range(0, n, batch)]
     return torch.cat(out)
 
 
