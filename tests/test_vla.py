@@ -245,3 +245,31 @@ def test_chunk_targets_stay_inside_episodes():
     idx, chunks = chunk_targets(rows, 3)
     assert idx.tolist() == [0, 1, 2, 4, 5]
     assert chunks[:, :, 0].tolist() == [[0, 1, 2], [1, 2, 2], [2, 2, 2], [4, 5, 5], [5, 5, 5]]
+
+
+def test_simulator_backend_replays_the_real_episode():
+    """The simulator backend started from a real row's state shows that row's frame, and the same
+    actions give the same frames and pusher positions as the real episode."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla.loop import StartPool
+    from agents.vla.rollout import rollout_real
+
+    actions = np.array([[200.0, 300.0], [220.0, 280.0], [240.0, 260.0], [260.0, 240.0], [280.0, 220.0]], np.float32)
+
+    def act(pixels, state, idx, infos):
+        return actions[None].repeat(len(idx), 0)
+
+    real = rollout_real(act, [PUSHT_VARIANTS["center"]], [7], len(actions), 40.0, stop_on_success=False)["rows"]
+    pool = StartPool(real)
+    sim = pool.imagination(None, "cpu", "simulator")
+    carry = sim.start(1, torch.tensor([0]))
+    assert torch.equal(carry["pixels"][0], torch.as_tensor(real["pixels"][0]))
+    for t, a in enumerate(actions):
+        carry, step = sim.step(carry, torch.as_tensor(a)[None])
+        assert not step["diverged"].any()
+        assert np.allclose(carry["obs"][0].numpy(), real["agent_pos"][t + 1], atol=1e-3)
+        assert np.abs(carry["pixels"][0].numpy().astype(int) - real["pixels"][t + 1]).mean() < 1.0
+    with pytest.raises(ValueError, match="world_model' or 'simulator"):
+        pool.imagination(None, "cpu", "physics")
+    with pytest.raises(ValueError, match="start index"):
+        sim.start(2, torch.tensor([0, len(real["step"])]))

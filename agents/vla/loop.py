@@ -26,7 +26,7 @@ import torch
 from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, grpo_outcomes
 from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
-from agents.vla.rollout import policy_act, rollout_imagined, rollout_real
+from agents.vla.rollout import SimulatorImagination, policy_act, rollout_imagined, rollout_real
 from agents.vla.success import SuccessEnsemble
 from tasks.pusht import PushPolicy, PushTVariant, block_centroid
 
@@ -59,6 +59,7 @@ class PostTrainConfig:
     near_fraction: float = 0.5      # share of imagined starts with the T within near_distance of the instructed target
     near_distance: float = 120.0    # world units
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
+    imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
     seed: int = 0
 
 
@@ -104,12 +105,14 @@ def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[st
 
 class StartPool:
     """Real frames imagined episodes start from: ``pixels`` (S, H, W, 3) uint8, ``agent_pos`` (S, 2)
-    and, when the rows carry ``block_pose``, ``distance`` (S, V) of the T to every variant's target."""
+    and, when the rows carry ``block_pose``, ``block_pose`` (S, 3) and ``distance`` (S, V) of the T
+    to every variant's target."""
 
     def __init__(self, rows: dict[str, np.ndarray], targets: np.ndarray | None = None):
         self.targets = targets
         self.pixels = torch.as_tensor(rows["pixels"])
         self.agent_pos = torch.as_tensor(rows["agent_pos"]).float()
+        self.block_pose = torch.as_tensor(rows["block_pose"]).float() if "block_pose" in rows else None
         self.distance = self._distance(rows)
 
     def _distance(self, rows: dict[str, np.ndarray]) -> torch.Tensor | None:
@@ -122,6 +125,8 @@ class StartPool:
     def add(self, rows: dict[str, np.ndarray]) -> None:
         self.pixels = torch.cat([self.pixels, torch.as_tensor(rows["pixels"])])
         self.agent_pos = torch.cat([self.agent_pos, torch.as_tensor(rows["agent_pos"]).float()])
+        if self.block_pose is not None:
+            self.block_pose = torch.cat([self.block_pose, torch.as_tensor(rows["block_pose"]).float()])
         if self.distance is not None:
             self.distance = torch.cat([self.distance, self._distance(rows)])
 
@@ -140,15 +145,23 @@ class StartPool:
                 start[:k], vi[:k] = pick[:, 0], pick[:, 1]
         return start, vi
 
-    def imagination(self, model, device: str | torch.device, sample: bool = True):
+    def imagination(self, model, device: str | torch.device, backend: str = "world_model"):
+        """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model")
+        or in the Push-T physics (backend "simulator", needs ``block_pose``)."""
+        if backend == "simulator":
+            if self.block_pose is None:
+                raise ValueError("the simulator backend needs start rows with 'block_pose'")
+            return SimulatorImagination(self.agent_pos, self.block_pose, self.pixels.shape[1], device)
+        if backend != "world_model":
+            raise ValueError(f"post_train.imagination must be 'world_model' or 'simulator', got {backend!r}")
         from wam_env.pixels import PixelImagination
 
-        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, sample)
+        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device)
 
 
 def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     first = rows["step"] == 0
-    return {"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]}
+    return {k: rows[k][first] for k in ("pixels", "agent_pos", "block_pose")}
 
 
 def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, lang_table: torch.Tensor,
@@ -175,7 +188,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     v = len(variants)
     horizon = cfg.decisions * policy.cfg.chunk
     history, refinements, new_rows, video = [], [], [], None
-    imagination = pool.imagination(model, device)
+    imagination = pool.imagination(model, device, cfg.imagination)
     imagination.seed(cfg.seed)
     it_total = 0
     for rnd in range(cfg.rounds):
@@ -202,7 +215,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             if progress:
                 print(f"[{algo}] round {rnd} it {it}: " + ", ".join(f"{k} {x:.3g}" for k, x in rec.items()
                                                                     if isinstance(x, float)), flush=True)
-        if rnd < cfg.rounds - 1 and cfg.dynamics_steps > 0 and new_rows:
+        if rnd < cfg.rounds - 1 and cfg.dynamics_steps > 0 and new_rows and cfg.imagination == "world_model":
             loop_rows = concat_rows(new_rows)
             if frame_store is not None:
                 frame_store.append({k: loop_rows[k] for k in frame_store.fields})
@@ -230,7 +243,7 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
     counts episodes imagined as successes whose real episode did not succeed within ``horizon``."""
     real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius)
     first = StartPool(_first_frames(real["rows"]))
-    imag = first.imagination(model, device)
+    imag = first.imagination(model, device, cfg.imagination)
     imag.seed(cfg.seed)
     n = cfg.real_check_episodes
     lang = lang_table[torch.as_tensor(real["variant"])].to(device)

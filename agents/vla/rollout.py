@@ -8,7 +8,8 @@ Rows come back in the frame-store layout (see :mod:`world_models.pixel.frames`, 
 
 Imagination: a :class:`~wam_env.pixels.PixelImagination` started from given real frames;
 each policy call's chunk is imagined step by step, the success heads judge the frame after
-every chunk.
+every chunk. :class:`SimulatorImagination` puts the Push-T physics itself behind the same
+``start`` / ``step`` interface: the same post-training with a perfect world model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from agents.vla.policy import VLAPolicy
 from agents.vla.success import SuccessEnsemble
-from tasks.pusht import PushTVariant, make_pusht_env, region_distance
+from tasks.pusht import WORLD, PushTVariant, make_pusht_env, region_distance
 
 ROW_FIELDS = ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step", "block_pose")
 
@@ -122,6 +123,60 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     t_max = max((len(f) for f in frames), default=0)
     vid = np.stack([np.stack(f + [f[-1]] * (t_max - len(f))) for f in frames]) if frames else np.zeros((0,), np.uint8)
     return {"success": success, "steps": steps, "final_distance": final, "rows": flat, "frames": vid}
+
+
+class SimulatorImagination:
+    """The real Push-T physics behind :class:`~wam_env.pixels.PixelImagination`'s ``start`` / ``step``.
+
+    The ablation that separates the world model's share of a post-training result from the
+    RL's and the reward heads': episodes start from the full states of stored real rows (pusher
+    position and T pose; the pusher at rest) and are stepped by ``gym_pusht``.
+
+    Args:
+        agent_pos: (S, 2) pusher positions of the start rows (world units).
+        block_pose: (S, 3) T poses (x, y, angle) of the same rows.
+        size: frame size.
+        device: where the returned frames and states live.
+    """
+
+    def __init__(self, agent_pos: torch.Tensor, block_pose: torch.Tensor, size: int, device: str | torch.device = "cpu"):
+        if agent_pos.ndim != 2 or agent_pos.shape[1] != 2 or block_pose.shape != (agent_pos.shape[0], 3):
+            raise ValueError(f"agent_pos must be (S, 2) and block_pose (S, 3), got {tuple(agent_pos.shape)} and {tuple(block_pose.shape)}")
+        self.states = torch.cat([agent_pos, block_pose], 1).double().cpu().numpy()  # (S, 5) gym_pusht's reset_to_state
+        self.size, self.device = size, torch.device(device)
+        self.envs: list = []
+
+    def seed(self, seed: int) -> None:
+        """The physics is deterministic; kept for the interface."""
+
+    def _frames(self, obs: list[dict]) -> dict[str, torch.Tensor]:
+        return {"pixels": torch.as_tensor(np.stack([o["pixels"] for o in obs]), device=self.device),
+                "obs": torch.as_tensor(np.stack([o["agent_pos"] for o in obs]), device=self.device).float()}
+
+    def start(self, n: int, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``n`` episodes from the start rows ``index`` (n,): carry ``pixels`` (n, H, W, 3) uint8, ``obs`` (n, 2)."""
+        pick = torch.as_tensor(index).cpu().numpy()
+        if pick.shape != (n,) or (pick < 0).any() or (pick >= len(self.states)).any():
+            raise ValueError(f"start index must be ({n},) in [0, {len(self.states)}), got {pick.shape}")
+        for _ in range(n - len(self.envs)):
+            self.envs.append(make_pusht_env(self.size))
+            self.envs[-1].reset(seed=0)  # builds the bodies
+        # gym_pusht's reset_to_state sets the T's position before its angle, and the angle turns the
+        # body about its centre of gravity g: ask for p - (g - R(angle) g) to get the stored pose p
+        g = np.asarray(self.envs[0].unwrapped.block.center_of_gravity, np.float64)
+        states = self.states[pick].copy()
+        c, s = np.cos(states[:, 4]), np.sin(states[:, 4])
+        states[:, 2] -= g[0] - (c * g[0] - s * g[1])
+        states[:, 3] -= g[1] - (s * g[0] + c * g[1])
+        obs = [e.reset(options={"reset_to_state": st})[0] for e, st in zip(self.envs, states)]
+        return self._frames(obs)
+
+    def step(self, carry: dict[str, torch.Tensor], action: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One physics step of every episode with ``action`` (n, 2) pusher targets (clipped to the table)."""
+        a = np.clip(action.detach().cpu().numpy().astype(np.float64), 0.0, WORLD)
+        obs = [e.step(ai)[0] for e, ai in zip(self.envs, a)]
+        new = self._frames(obs)
+        return new, {**new, "diverged": torch.zeros(len(a), dtype=torch.bool, device=self.device)}
 
 
 @torch.no_grad()
