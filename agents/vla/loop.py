@@ -17,6 +17,7 @@ success heads and the world model.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ class PostTrainConfig:
     near_distance: float = 120.0    # world units
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
     imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
+    explore_std: float | None = None  # exploration std (world units) the post-trained policy starts from; None: the warm start's
     seed: int = 0
 
 
@@ -181,6 +183,9 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
         raise ValueError(f"algo must be 'ppo' or 'grpo', got {algo!r}")
     t0 = time.time()
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.explore_std is not None:  # behaviour cloning fits the demos' noise, often far wider than useful exploration
+        with torch.no_grad():
+            policy.log_std.fill_(math.log(cfg.explore_std / policy.cfg.action_scale))
     trainer = VLAPPO(policy, ppo, cfg.seed) if algo == "ppo" else VLAGRPO(policy, grpo, cfg.seed)
     group = 1 if algo == "ppo" else grpo.group
     if cfg.envs % group:
