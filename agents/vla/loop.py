@@ -246,7 +246,8 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
     """Real success of the current policy (deterministic, fixed seeds) and, from the same first
     frames and instructions, the imagined outcome over ``horizon`` steps; ``imagined_false_success``
     counts episodes imagined as successes whose real episode did not succeed within ``horizon``."""
-    real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius)
+    real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius,
+                         policy.cfg.image_size)
     first = StartPool(_first_frames(real["rows"]))
     imag = first.imagination(model, device, cfg.imagination)
     imag.seed(cfg.seed)
