@@ -142,7 +142,7 @@ class SimulatorImagination:
     def __init__(self, agent_pos: torch.Tensor, block_pose: torch.Tensor, size: int, device: str | torch.device = "cpu"):
         if agent_pos.ndim != 2 or agent_pos.shape[1] != 2 or block_pose.shape != (agent_pos.shape[0], 3):
             raise ValueError(f"agent_pos must be (S, 2) and block_pose (S, 3), got {tuple(agent_pos.shape)} and {tuple(block_pose.shape)}")
-        self.states = torch.cat([agent_pos, block_pose], 1).double().cpu().numpy()  # (S, 5) gym_pusht's reset_to_state
+        self.states = torch.cat([agent_pos, block_pose], 1).double().cpu().numpy()  # (S, 5): pusher x, y; T x, y, angle
         self.size, self.device = size, torch.device(device)
         self.envs: list = []
 
