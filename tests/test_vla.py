@@ -43,6 +43,10 @@ def tiny_policy(seed: int = 0, embedder: InstructionEmbedder | None = None) -> V
     return VLAPolicy(VLAConfig(**TINY_POLICY), embedder or InstructionEmbedder(encode=fake_encode))
 
 
+def tiny_heads() -> SuccessEnsemble:
+    return SuccessEnsemble(SIZE, 384, SuccessConfig(ensemble=2, channels=(8, 8), hidden=16, lang_hidden=8))
+
+
 def batch(b: int = 4, seed: int = 0, task: list[str] | None = None) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"observation.image": torch.randint(0, 256, (b, SIZE, SIZE, 3), generator=g, dtype=torch.uint8),
@@ -132,7 +136,7 @@ def _changed(policy: VLAPolicy, before: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_post_training_step_changes_the_policy(tiny_world, algo):
     policy = tiny_policy()
-    heads = SuccessEnsemble(SIZE, 384, SuccessConfig(ensemble=2, channels=(8, 8), hidden=16, lang_hidden=8))
+    heads = tiny_heads()
     lang = policy.embed([INSTRUCTIONS[i % 5] for i in range(8)])
     start = torch.arange(8) % 6
     roll = rollout_imagined(policy, tiny_world, heads, start, lang, decisions=3, keep_frames=2)
@@ -294,7 +298,7 @@ def test_post_training_in_the_simulator_starts_from_explore_std():
     rows = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)["rows"]
     policy = tiny_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    heads = SuccessEnsemble(SIZE, 384, SuccessConfig(ensemble=2, channels=(8, 8), hidden=16, lang_hidden=8))
+    heads = tiny_heads()
     cfg = PostTrainConfig(iterations=2, rounds=1, envs=4, decisions=2, real_check_every=2, real_check_episodes=5,
                           imagination="simulator", explore_std=20.0)
     out = post_train(policy, "ppo", None, heads, policy.embed(INSTRUCTIONS), variants,

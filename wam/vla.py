@@ -40,8 +40,10 @@ def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str
     bad = [a for a in (cfg["algos"] if isinstance(cfg["algos"], list) else [cfg["algos"]]) if a not in ("ppo", "grpo")]
     if bad:
         raise ConfigError(f"unknown algos {bad}; valid: ['ppo', 'grpo']")
-    if cfg["post_train"]["imagination"] not in ("world_model", "simulator"):
-        raise ConfigError(f"post_train.imagination must be 'world_model' or 'simulator', got {cfg['post_train']['imagination']!r}")
+    from agents.vla.loop import IMAGINATION_BACKENDS
+
+    if cfg["post_train"]["imagination"] not in IMAGINATION_BACKENDS:
+        raise ConfigError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {cfg['post_train']['imagination']!r}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device")
     return cfg

@@ -43,6 +43,9 @@ class DemoConfig:
     seed: int = 1000
 
 
+IMAGINATION_BACKENDS = ("world_model", "simulator")  # what post-training rolls out in (PostTrainConfig.imagination)
+
+
 @dataclass
 class PostTrainConfig:
     """Post-training in imagination and the loop around it."""
@@ -150,12 +153,12 @@ class StartPool:
     def imagination(self, model, device: str | torch.device, backend: str = "world_model"):
         """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model")
         or in the Push-T physics (backend "simulator", needs ``block_pose``)."""
+        if backend not in IMAGINATION_BACKENDS:
+            raise ValueError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {backend!r}")
         if backend == "simulator":
             if self.block_pose is None:
                 raise ValueError("the simulator backend needs start rows with 'block_pose'")
             return SimulatorImagination(self.agent_pos, self.block_pose, self.pixels.shape[1], device)
-        if backend != "world_model":
-            raise ValueError(f"post_train.imagination must be 'world_model' or 'simulator', got {backend!r}")
         from wam_env.pixels import PixelImagination
 
         return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device)
