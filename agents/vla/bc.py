@@ -1,4 +1,4 @@
-"""Supervised warm start of a VLA policy from demonstrations (behaviour cloning, Gaussian NLL)."""
+"""Supervised warm start of a VLA policy from demonstrations (behaviour cloning, negative log-likelihood)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def train_bc(policy: VLAPolicy, rows: dict[str, np.ndarray], lang: torch.Tensor,
              progress: bool = False) -> dict[str, float]:
     """Fit ``policy`` to demonstration rows (frame-store layout, ``pixels`` (N, H, W, 3) uint8,
     ``agent_pos``, ``action``, ``last``) whose instruction embeddings are ``lang`` (N, L):
-    maximize the Gaussian log-likelihood of each frame's demonstrated action chunk. Returns the
-    final NLL and the mean absolute error of the mean chunk (world units)."""
+    maximize the log-likelihood of each frame's demonstrated action chunk. Returns the
+    final NLL and the mean absolute error of the deterministic chunk (world units)."""
     from tqdm import tqdm
 
     dev = policy.log_std.device
@@ -64,6 +64,6 @@ def train_bc(policy: VLAPolicy, rows: dict[str, np.ndarray], lang: torch.Tensor,
     policy.eval()
     with torch.no_grad():
         b = torch.arange(min(len(idx), 1024))
-        mean = policy.distribution(policy.images(pixels[b].to(dev)), state[b].to(dev), lang[b].to(dev)).mean
-        mae = float((mean - u[b].to(dev)).abs().mean()) * policy.cfg.action_scale
+        mode = policy.sample(policy.images(pixels[b].to(dev)), state[b].to(dev), lang[b].to(dev), deterministic=True)["u"]
+        mae = float((mode - u[b].to(dev)).abs().mean()) * policy.cfg.action_scale
     return {"bc_nll": loss.item(), "bc_mae_world": mae, "bc_frames": float(len(idx))}

@@ -95,7 +95,7 @@ def collect_demos(variants: dict[str, PushTVariant], cfg: DemoConfig, radius: fl
 def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[str, PushTVariant], episodes: int,
                   seed: int, max_steps: int, radius: float, size: int = 64, frames_of: int = 0,
                   progress: bool = False) -> dict:
-    """Deterministic (mean-chunk) real episodes, seeds ``seed .. seed + episodes - 1``, variant i mod V;
+    """Deterministic-chunk real episodes, seeds ``seed .. seed + episodes - 1``, variant i mod V;
     adds ``success_rate``, ``per_variant`` success rates and ``variant`` (episodes,)."""
     vs = variant_list(variants, episodes)
     names = list(variants)

@@ -8,12 +8,16 @@ Interface as LeRobot's policies: a batch dict
   ``observation.language`` (B, 384) precomputed embeddings instead),
 
 ``select_action(batch)`` -> (B, A), popping a queue refilled by ``predict_action_chunk(batch)``
--> (B, chunk, A) (the mean chunk), ``reset()`` empties the queue. A LeRobot policy with these
+-> (B, chunk, A) (the deterministic chunk), ``reset()`` empties the queue. A LeRobot policy with these
 two methods can stand in wherever a :class:`VLAPolicy` is rolled out deterministically.
 
 Network: conv encoder (stride-2 convs to 8x8, linear), the instruction embedding through a
-linear + tanh, the normalized state; an MLP maps the concatenation to the mean of a diagonal
-Gaussian over the chunk's ``u`` (B, chunk * A) with a learned state-independent log-std. An
+linear + tanh, the normalized state; an MLP maps the concatenation to a distribution over the
+chunk's ``u`` (B, chunk * A): a diagonal Gaussian (``components=1``) or a mixture of ``components``
+diagonal Gaussians (mixture weights from the MLP), with a learned state-independent log-std.
+The mixture is for multimodal demonstrations (walking around the T either way): a Gaussian fit
+averages the modes and its mean stalls between them; the deterministic chunk of a mixture is the
+mean of its most probable component. An
 action is a pusher target relative to the current state: a_k = clip(state + action_scale * u_k,
 low, high). ``sample`` returns u, its log-probability (summed over the chunk, the clip is
 outside the distribution as in rsl-rl) and the actions, ``log_prob(obs, u)`` re-scores u for RL.
@@ -28,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from agents.vla.language import EMBED_DIM, InstructionEmbedder
 
@@ -48,6 +52,7 @@ class VLAConfig:
     state_dim: int = 2
     action_dim: int = 2
     chunk: int = 4                       # actions per policy call
+    components: int = 1                  # 1: Gaussian over the chunk; K > 1: mixture of K Gaussians
     lang_dim: int = EMBED_DIM
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
     hidden: int = 256
@@ -81,8 +86,11 @@ class VLAPolicy(nn.Module):
         self.embedder = embedder
         self.image = conv_encoder(list(cfg.channels), cfg.image_size, cfg.hidden)
         self.lang = nn.Sequential(nn.Linear(cfg.lang_dim, cfg.lang_hidden), nn.Tanh())
+        if cfg.components < 1:
+            raise ValueError(f"components must be >= 1, got {cfg.components}")
+        out = cfg.components * cfg.chunk * cfg.action_dim + (cfg.components if cfg.components > 1 else 0)
         self.head = nn.Sequential(nn.Linear(cfg.hidden + cfg.lang_hidden + cfg.state_dim, cfg.hidden), nn.SiLU(),
-                                  nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.chunk * cfg.action_dim))
+                                  nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, out))
         nn.init.zeros_(self.head[-1].bias)
         self.head[-1].weight.data.mul_(0.1)
         self.log_std = nn.Parameter(torch.full((cfg.chunk * cfg.action_dim,), cfg.init_log_std))
@@ -134,11 +142,33 @@ class VLAPolicy(nn.Module):
         mid, half = (self.cfg.state_low + self.cfg.state_high) / 2, (self.cfg.state_high - self.cfg.state_low) / 2
         return (state - mid) / half
 
-    def distribution(self, img: torch.Tensor, state: torch.Tensor, lang: torch.Tensor) -> Normal:
-        """Gaussian over u (B, chunk * A) for images (B, 3, H, W) in [0, 1], state (B, S), language (B, L)."""
+    def distribution(self, img: torch.Tensor, state: torch.Tensor, lang: torch.Tensor) -> Distribution:
+        """Distribution over u (B, chunk * A) for images (B, 3, H, W) in [0, 1], state (B, S), language (B, L):
+        ``log_prob(u)`` is (B,) (summed over the chunk)."""
         h = torch.cat([self.image(img), self.lang(lang), self.norm_state(state)], dim=-1)
+        out = self.head(h)
         std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).exp()
-        return Normal(self.head(h), std.expand(img.shape[0], -1))
+        k, d = self.cfg.components, self.cfg.chunk * self.cfg.action_dim
+        if k == 1:
+            return Independent(Normal(out, std.expand(img.shape[0], -1)), 1)
+        means = out[:, : k * d].view(-1, k, d)
+        return MixtureSameFamily(Categorical(logits=out[:, k * d:]), Independent(Normal(means, std.expand_as(means)), 1))
+
+    @staticmethod
+    def mode(dist: Distribution) -> torch.Tensor:
+        """Deterministic u (B, chunk * A): the Gaussian's mean, or the most probable component's mean."""
+        if isinstance(dist, MixtureSameFamily):
+            means = dist.component_distribution.mean
+            return means[torch.arange(means.shape[0], device=means.device), dist.mixture_distribution.logits.argmax(-1)]
+        return dist.mean
+
+    @staticmethod
+    def entropy(dist: Distribution) -> torch.Tensor:
+        """Entropy (B,) of the Gaussian; for a mixture its upper bound H(weights) + sum_k w_k H(component k)."""
+        if isinstance(dist, MixtureSameFamily):
+            w = dist.mixture_distribution.probs
+            return dist.mixture_distribution.entropy() + (w * dist.component_distribution.entropy()).sum(-1)
+        return dist.entropy()
 
     def to_actions(self, u: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Action chunk (B, chunk, A) in the box from u (B, chunk * A) and state (B, S)."""
@@ -149,14 +179,14 @@ class VLAPolicy(nn.Module):
                deterministic: bool = False) -> dict[str, torch.Tensor]:
         """``u`` (B, chunk * A), ``log_prob`` (B,), ``actions`` (B, chunk, A) for tensor inputs."""
         dist = self.distribution(img, state, lang)
-        u = dist.mean if deterministic else dist.sample()
-        return {"u": u, "log_prob": dist.log_prob(u).sum(-1), "actions": self.to_actions(u, state)}
+        u = self.mode(dist) if deterministic else dist.sample()
+        return {"u": u, "log_prob": dist.log_prob(u), "actions": self.to_actions(u, state)}
 
     def log_prob(self, img: torch.Tensor, state: torch.Tensor, lang: torch.Tensor,
                  u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability (B,) of chunks u (B, chunk * A) and the entropy (B,) of the Gaussian."""
+        """Log-probability (B,) of chunks u (B, chunk * A) and the entropy (B,) (:meth:`entropy`)."""
         dist = self.distribution(img, state, lang)
-        return dist.log_prob(u).sum(-1), dist.entropy().sum(-1)
+        return dist.log_prob(u), self.entropy(dist)
 
     # ---- LeRobot-style API ----------------------------------------------------------------
     def reset(self) -> None:
@@ -165,7 +195,7 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean action chunk (B, chunk, A) in world units."""
+        """Deterministic action chunk (B, chunk, A) in world units (:meth:`mode`)."""
         img, state, lang = self.inputs(batch)
         return self.sample(img, state, lang, deterministic=True)["actions"]
 
