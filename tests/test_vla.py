@@ -359,3 +359,26 @@ def test_post_training_in_the_simulator_starts_from_explore_std():
     assert float((policy.log_std.detach() - np.log(0.2)).abs().max()) < 0.05  # from 20 world units, Adam-sized steps since
     assert float((before["log_std"] - np.log(0.2)).abs().max()) > 1.0  # the tiny policy began at its init std
     assert _changed(policy, before) > 1e-4
+
+
+def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
+    """The whole `wam vla-posttrain` composition at toy sizes (model=null, simulator backend):
+    demos, cloning, success heads, both algorithms, real evaluations and the report."""
+    import json
+
+    from wam.vla import load_vla_config, run_vla_posttrain
+
+    cfg = load_vla_config([f"run_dir={tmp_path}", "model=null", "post_train.imagination=simulator", "env.size=16",
+                           "env.max_steps=12", "demos.episodes_per_variant=1", "demos.max_steps=12", "bc.steps=5",
+                           "success.ensemble=2", "success.steps=5", "eval.episodes=5", "eval.gif_episodes=1",
+                           "post_train.iterations=1", "post_train.rounds=1", "post_train.envs=8", "post_train.decisions=2",
+                           "post_train.real_check_every=1", "post_train.real_check_episodes=5", "post_train.video_envs=1",
+                           "grpo.group=4", "policy_cfg.channels=[8,8]", "policy_cfg.hidden=32", "policy_cfg.lang_hidden=16"])
+    out = run_vla_posttrain(cfg, progress=False, encode=fake_encode)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for algo in ("ppo", "grpo"):
+        after = saved["algos"][algo]["after"]
+        assert after["episodes"] == 5 and 0.0 <= after["sampled_success_rate"] <= 1.0
+        assert (tmp_path / algo / "policy.safetensors").exists()
+    assert "sampled chunks" in (tmp_path / "report.md").read_text()
+    assert set(out["files"]) >= {"report", "success_before_after", "imagined_vs_real"}

@@ -51,8 +51,9 @@ def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str
     return cfg
 
 
-def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Demos -> warm start -> success heads -> real eval -> post-training (per algo) -> real eval -> report."""
+def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True, encode=None) -> dict[str, Any]:
+    """Demos -> warm start -> success heads -> real eval -> post-training (per algo) -> real eval -> report.
+    ``encode`` (``list[str] -> (N, 384)``) replaces MiniLM as the instruction embedding (tests)."""
     from agents.vla.bc import BCConfig, train_bc
     from agents.vla.grpo import VLAGRPOConfig
     from agents.vla.language import InstructionEmbedder
@@ -91,7 +92,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
         if not isinstance(model, PixelWorldModel):
             raise ConfigError(f"model={cfg['model']} is a {type(model).__name__}, not a pixel world model")
         model.eval()
-    embedder = InstructionEmbedder(dev)
+    embedder = InstructionEmbedder(dev, encode)
     names = list(variants)
     lang_table = embedder([variants[n].instruction for n in names])
 
@@ -112,9 +113,12 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     t = time.time()
     before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
                            radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+    sampled_before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]),
+                                   max_steps, radius, size, deterministic=False)["success_rate"]
     timing["eval_before_s"] = time.time() - t
     if progress:
-        print(f"warm start: real success {before['success_rate']:.3f} {before['per_variant']} ({bc_metrics})", flush=True)
+        print(f"warm start: real success {before['success_rate']:.3f} (sampled {sampled_before:.3f}) "
+              f"{before['per_variant']} ({bc_metrics})", flush=True)
 
     # success heads: real frames of the demos and of the warm start's episodes, split by episode
     t = time.time()
@@ -136,7 +140,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
     store = FrameStore(run / "frames", {**frame_dataset_meta(size), "optional_fields": ["block_pose"]}) \
         if not (run / "frames" / "meta.json").exists() else FrameStore(run / "frames")
     results: dict[str, Any] = {"config": cfg, "bc": bc_metrics, "success_train": succ_train, "success_calibration": calib,
-                               "before": _summary(before), "algos": {}}
+                               "before": {**_summary(before), "sampled_success_rate": sampled_before}, "algos": {}}
     videos: dict[str, Any] = {"real_before": before["frames"]}
     for algo in algos:
         pol = copy.deepcopy(policy)
@@ -148,16 +152,19 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, A
         t = time.time()
         after = evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
                               radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+        sampled_after = evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]),
+                                      max_steps, radius, size, deterministic=False)["success_rate"]
         checks = [h for h in out["history"] if "real_success" in h]
         imagined = sum(h["imagined_successes"] for h in checks)
         false = sum(h["imagined_false_success"] for h in checks)
-        results["algos"][algo] = {"after": _summary(after), "history": out["history"], "refinements": out["refinements"],
+        results["algos"][algo] = {"after": {**_summary(after), "sampled_success_rate": sampled_after},
+                                  "history": out["history"], "refinements": out["refinements"],
                                   "post_train_s": out["seconds"], "eval_after_s": time.time() - t,
                                   "imagined_successes_checked": imagined, "imagined_false_successes": false,
                                   "imagined_false_success_rate": false / imagined if imagined else float("nan")}
         if progress:
-            print(f"{algo}: real success {before['success_rate']:.3f} -> {after['success_rate']:.3f} {after['per_variant']}",
-                  flush=True)
+            print(f"{algo}: real success {before['success_rate']:.3f} -> {after['success_rate']:.3f} (sampled "
+                  f"{sampled_before:.3f} -> {sampled_after:.3f}) {after['per_variant']}", flush=True)
         videos[f"real_after_{algo}"] = after["frames"]
         videos[f"imagined_{algo}"] = out["video"]
     timing["total_s"] = time.time() - t_all

@@ -71,10 +71,12 @@ def write_report(run: Path, results: dict[str, Any], videos: dict[str, np.ndarra
     t = results["timing"]
     lines = ["# VLA post-training in the pixel world model (Push-T, language variants)", "",
              f"World model: `{results['config']['model']}`; torch threads: {results['torch_threads']}.", "",
-             "| policy | real success | " + " | ".join(names) + " | mean steps |", "|---" * (len(names) + 3) + "|"]
+             "| policy | real success (deterministic chunk) | " + " | ".join(names) + " | mean steps | sampled chunks |",
+             "|---" * (len(names) + 4) + "|"]
     for label, s in bars:
         lines.append(f"| {label} | {s['success_rate']:.2f} ({s['episodes']} ep.) | "
-                     + " | ".join(f"{s['per_variant'][n]:.2f}" for n in names) + f" | {s['mean_steps']:.0f} |")
+                     + " | ".join(f"{s['per_variant'][n]:.2f}" for n in names)
+                     + f" | {s['mean_steps']:.0f} | {s['sampled_success_rate']:.2f} |")
     lines += ["", f"Success heads on held-out real episodes ({int(c['pairs'])} frame x instruction pairs, "
               f"{int(c['positives'])} positive): precision {c['precision']:.3f}, recall {c['recall']:.3f}, "
               f"accuracy {c['accuracy']:.3f}, flagged {c['flagged_rate']:.3f}, distance MAE {c['distance_mae']:.1f}.", ""]
