@@ -47,6 +47,11 @@ def test_dataclass_from_names_unknown_keys():
     assert dataclass_from(C, {"a": 2}, "x").a == 2
     with pytest.raises(ConfigError, match=r"unknown x keys \['b'\]"):
         dataclass_from(C, {"b": 2}, "x")
+    from agents.vla.ppo import VLAPPOConfig  # YAML 1.1 reads `ppo.lr=2e-5` as a string
+
+    assert dataclass_from(VLAPPOConfig, {"lr": "2e-5"}, "ppo").lr == 2e-5
+    with pytest.raises(ConfigError, match="ppo.lr must be a number, got 'fast'"):
+        dataclass_from(VLAPPOConfig, {"lr": "fast"}, "ppo")
     from world_models.training import WorldModelTrainConfig  # a value the dataclass itself refuses
 
     with pytest.raises(ConfigError, match="model.train: need 0 <= near_fall_fraction"):

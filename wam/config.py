@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,6 +139,15 @@ def dataclass_from(cls: type[T], values: dict[str, Any] | None, where: str) -> T
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"unknown {where} keys {unknown}; valid: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        numeric = {float, int} & set(typing.get_args(hints[key]) or (hints[key],))
+        if isinstance(value, str) and numeric:
+            # YAML 1.1 reads 2e-5 (no dot) as a string; a number field takes it as the number it spells
+            try:
+                values[key] = float(value) if float in numeric else int(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{key} must be a number, got {value!r}") from None
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:  # a dataclass's own checks (__post_init__)
