@@ -141,8 +141,9 @@ def dataclass_from(cls: type[T], values: dict[str, Any] | None, where: str) -> T
         raise ConfigError(f"unknown {where} keys {unknown}; valid: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        numeric = {float, int} & set(typing.get_args(hints[key]) or (hints[key],))
-        if isinstance(value, str) and numeric:
+        allowed = set(typing.get_args(hints[key]) or (hints[key],))
+        numeric = {float, int} & allowed
+        if isinstance(value, str) and numeric and str not in allowed:
             # YAML 1.1 reads 2e-5 (no dot) as a string; a number field takes it as the number it spells
             try:
                 values[key] = float(value) if float in numeric else int(value)
