@@ -12,7 +12,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str
     return cfg
 
 
-def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True, encode=None) -> dict[str, Any]:
+def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
+                      encode: Callable[[list[str]], torch.Tensor] | None = None) -> dict[str, Any]:
     """Demos -> warm start -> success heads -> real eval -> post-training (per algo) -> real eval -> report.
     ``encode`` (``list[str] -> (N, 384)``) replaces MiniLM as the instruction embedding (tests)."""
     from agents.vla.bc import BCConfig, train_bc

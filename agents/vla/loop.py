@@ -101,10 +101,11 @@ def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[st
     vs = variant_list(variants, episodes)
     names = list(variants)
     vi = np.array([names.index(v.name) for v in vs])
-    if not deterministic:
+    with torch.random.fork_rng():  # sampled chunks are reproducible and leave the caller's generator alone
         torch.manual_seed(seed)
-    out = rollout_real(policy_act(policy, lang_table[torch.as_tensor(vi)], deterministic=deterministic), vs,
-                       [seed + i for i in range(episodes)], max_steps, radius, size, frames_of=frames_of, progress=progress)
+        out = rollout_real(policy_act(policy, lang_table[torch.as_tensor(vi)], deterministic=deterministic), vs,
+                           [seed + i for i in range(episodes)], max_steps, radius, size, frames_of=frames_of,
+                           progress=progress)
     out["variant"] = vi
     out["success_rate"] = float(out["success"].mean())
     out["per_variant"] = {n: float(out["success"][vi == k].mean()) for k, n in enumerate(names)}

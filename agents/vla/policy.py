@@ -15,9 +15,9 @@ Network: conv encoder (stride-2 convs to 8x8, linear), the instruction embedding
 linear + tanh, the normalized state; an MLP maps the concatenation to a distribution over the
 chunk's ``u`` (B, chunk * A): a diagonal Gaussian (``components=1``) or a mixture of ``components``
 diagonal Gaussians (mixture weights from the MLP), with a learned state-independent log-std.
-The mixture is for multimodal demonstrations (walking around the T either way): a Gaussian fit
-averages the modes and its mean stalls between them; the deterministic chunk of a mixture is the
-mean of its most probable component. An
+The mixture is for multimodal demonstrations (a Gaussian fit averages the modes); its
+deterministic chunk is the mean of its most probable component (on Push-T's demos it clones no
+better than the Gaussian: BENCHMARKS.md, issue 8). An
 action is a pusher target relative to the current state: a_k = clip(state + action_scale * u_k,
 low, high). ``sample`` returns u, its log-probability (summed over the chunk, the clip is
 outside the distribution as in rsl-rl) and the actions, ``log_prob(obs, u)`` re-scores u for RL.
