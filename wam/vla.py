@@ -111,11 +111,13 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
         timing["bc_s"] = time.time() - t
     save_vla(policy, run / "warm_start")
 
+    def real_eval(pol: VLAPolicy, **kw) -> dict:  # the before / after evaluation: same episodes, seeds and variants
+        return evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
+                             radius, size, **kw)
+
     t = time.time()
-    before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
-                           radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
-    sampled_before = evaluate_real(policy, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]),
-                                   max_steps, radius, size, deterministic=False)["success_rate"]
+    before = real_eval(policy, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+    sampled_before = real_eval(policy, deterministic=False)["success_rate"]
     timing["eval_before_s"] = time.time() - t
     if progress:
         print(f"warm start: real success {before['success_rate']:.3f} (sampled {sampled_before:.3f}) "
@@ -151,10 +153,8 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
                          frame_store=store, device=dev, progress=progress)
         save_vla(pol, run / algo)
         t = time.time()
-        after = evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]), max_steps,
-                              radius, size, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
-        sampled_after = evaluate_real(pol, lang_table, variants, int(cfg["eval"]["episodes"]), int(cfg["eval"]["seed"]),
-                                      max_steps, radius, size, deterministic=False)["success_rate"]
+        after = real_eval(pol, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
+        sampled_after = real_eval(pol, deterministic=False)["success_rate"]
         checks = [h for h in out["history"] if "real_success" in h]
         imagined = sum(h["imagined_successes"] for h in checks)
         false = sum(h["imagined_false_success"] for h in checks)
