@@ -245,6 +245,27 @@ def test_success_head_rejects_unseen_failed_episodes(one_torch_thread):
     assert float(judged["success"].float().mean()) < 0.1
 
 
+def test_success_probabilities_keep_the_data_base_rate():
+    """Heads trained on half-positive batches must not report the batches' odds: on frames they cannot
+    tell apart (one frame, labels drawn at random, 4 % positive) the ensemble's mean probability is
+    near the data's 4 %, where an uncorrected head says about half."""
+    g = torch.Generator().manual_seed(0)
+    n, v = 200, 5
+    pixels = torch.randint(0, 256, (1, SIZE, SIZE, 3), generator=g, dtype=torch.uint8).expand(n, -1, -1, -1)
+    distance = torch.full((n, v), 100.0)
+    distance.view(-1)[torch.randperm(n * v, generator=g)[: n * v // 25]] = 10.0
+    lang = fake_encode(INSTRUCTIONS)
+    torch.manual_seed(0)
+    heads = tiny_heads()
+    heads.cfg.steps, heads.cfg.batch, heads.cfg.distance_weight = 150, 64, 0.0
+    out = train_success(heads, pixels, distance, lang, radius=40.0)
+    assert all(out[f"head{e}_prior_shift"] < -2.0 for e in range(2))  # logit(0.04) - logit(0.52)
+    prob = heads.judge(pixels.repeat_interleave(v, 0), lang.repeat(n, 1))["prob"]
+    assert 0.01 < float(prob.mean()) < 0.1
+    heads.prior_shift.zero_()
+    assert float(heads.judge(pixels.repeat_interleave(v, 0), lang.repeat(n, 1))["prob"].mean()) > 0.35
+
+
 def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
     policy = tiny_policy()
     b = batch(2)

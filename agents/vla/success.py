@@ -11,11 +11,16 @@ disagreement (std of their probabilities), which flags frames the heads cannot j
 
 Training pairs are (frame, instruction) over every real frame x every instruction, labelled
 from the true block pose, half of each batch drawn from the positive pairs (successes are rare).
+Drawing positives that often shifts a head's prior: it learns the odds of success in its batches,
+not in the data. Each head's logit carries the correction (Saerens et al., 2002: the log-odds of
+the data's positive rate minus the batches'), so probabilities are those of the data's base rate
+(measured: precision on held-out real pairs 0.54 without it, BENCHMARKS.md issue 8).
 :func:`calibrate` measures precision / recall on held-out real episodes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +76,8 @@ class SuccessEnsemble(nn.Module):
         self.cfg = cfg = cfg or SuccessConfig()
         self.heads = nn.ModuleList(SuccessHead(image_size, lang_dim, cfg) for _ in range(cfg.ensemble))
         self.image_size, self.lang_dim = image_size, lang_dim
+        # (E,) added to each head's logit: log-odds of the training data's positive rate minus its batches' (train_success)
+        self.register_buffer("prior_shift", torch.zeros(cfg.ensemble))
 
     def check(self, pixels: torch.Tensor, lang: torch.Tensor) -> None:
         s = self.image_size
@@ -82,7 +89,7 @@ class SuccessEnsemble(nn.Module):
     def forward(self, pixels: torch.Tensor, lang: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check(pixels, lang)
         logits, dist = zip(*(h(pixels, lang) for h in self.heads))
-        logits, dist = torch.stack(logits), torch.stack(dist)
+        logits, dist = torch.stack(logits) + self.prior_shift[:, None], torch.stack(dist)
         p = torch.sigmoid(logits)
         return {"prob": p.mean(0), "std": p.std(0, unbiased=False), "distance": dist.mean(0) * self.cfg.distance_scale,
                 "logits": logits}
@@ -98,6 +105,10 @@ class SuccessEnsemble(nn.Module):
         return out
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 def pair_labels(distance: torch.Tensor, radius: float) -> torch.Tensor:
     """Success labels (N, V) float from distances (N, V) of the T's centroid to each target."""
     return (distance < radius).float()
@@ -107,7 +118,9 @@ def train_success(ens: SuccessEnsemble, pixels: torch.Tensor, distance: torch.Te
                   radius: float, progress: bool = False) -> dict[str, float]:
     """Train every head on pairs (frame i, instruction v): ``pixels`` (N, H, W, 3) uint8,
     ``distance`` (N, V) world units of frame i's T centroid to target v, ``lang`` (V, L) the V
-    instructions' embeddings. Each head draws its own bootstrap of frames. Returns final losses."""
+    instructions' embeddings. Each head draws its own bootstrap of frames; its ``prior_shift`` is set
+    to logit(positive rate of its bootstrap) - logit(positive rate of its batches). Returns final losses
+    and the shifts."""
     from tqdm import tqdm
 
     cfg = ens.cfg
@@ -122,13 +135,17 @@ def train_success(ens: SuccessEnsemble, pixels: torch.Tensor, distance: torch.Te
         boot = torch.randint(0, n, (n,), generator=gen)  # bootstrap draw of frames
         lab_b = label[boot]
         pos = lab_b.nonzero()
+        k = int(cfg.batch * cfg.positive_fraction) if len(pos) else 0
+        rate = float(lab_b.mean())
+        batch_rate = (k + (cfg.batch - k) * rate) / cfg.batch  # drawn positives + the uniform rest's positives
+        with torch.no_grad():
+            ens.prior_shift[e] = _logit(rate) - _logit(batch_rate) if 0.0 < rate < 1.0 else 0.0
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
         head.train()
         bar = tqdm(range(cfg.steps), desc=f"success head {e}", disable=not progress)
         for _ in bar:
             ri = torch.randint(0, n, (cfg.batch,), generator=gen)
             vi = torch.randint(0, v, (cfg.batch,), generator=gen)
-            k = int(cfg.batch * cfg.positive_fraction) if len(pos) else 0
             if k:
                 pick = pos[torch.randint(0, len(pos), (k,), generator=gen)]
                 ri[:k], vi[:k] = pick[:, 0], pick[:, 1]
@@ -142,6 +159,7 @@ def train_success(ens: SuccessEnsemble, pixels: torch.Tensor, distance: torch.Te
             loss.backward()
             opt.step()
         out[f"head{e}_bce"], out[f"head{e}_distance_mse"] = bce.item(), mse.item()
+        out[f"head{e}_prior_shift"] = float(ens.prior_shift[e])
     ens.eval()
     return out
 
