@@ -28,7 +28,6 @@ from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import DemoConfig, PostTrainConfig, StartPool, collect_demos, evaluate_real, post_train, variant_list
 from agents.vla.policy import load_vla
 from agents.vla.ppo import VLAPPOConfig
-from agents.vla.rollout import policy_act, rollout_real
 from tasks.pusht import PUSHT_VARIANTS, centroid_from_frame, make_pusht_env, region_distance
 
 RADIUS, MAX_STEPS, SEED = 40.0, 150, 20000
@@ -80,17 +79,12 @@ def near_seeds(n: int, lo: float, hi: float, start: int) -> list[int]:
 
 def real_success(policy, lang_table: torch.Tensor, near: list[int]) -> dict[str, float]:
     """Real success on the standard seeds and on the near-start seeds, deterministic and sampled chunks."""
-    out, episodes = {}, len(near)
+    out = {}
     for det in (True, False):
         tag = "det" if det else "sampled"
-        out[f"uniform_{tag}"] = evaluate_real(policy, lang_table, PUSHT_VARIANTS, episodes, SEED, MAX_STEPS, RADIUS,
-                                              deterministic=det)["success_rate"]
-        vs = variant_list(PUSHT_VARIANTS, episodes)
-        vi = torch.as_tensor([list(PUSHT_VARIANTS).index(v.name) for v in vs])
-        with torch.random.fork_rng():
-            torch.manual_seed(SEED)
-            out[f"near_{tag}"] = float(rollout_real(policy_act(policy, lang_table[vi], det), vs, near, MAX_STEPS,
-                                                    RADIUS)["success"].mean())
+        for starts, seeds in (("uniform", None), ("near", near)):
+            out[f"{starts}_{tag}"] = evaluate_real(policy, lang_table, PUSHT_VARIANTS, len(near), SEED, MAX_STEPS, RADIUS,
+                                                   deterministic=det, seeds=seeds)["success_rate"]
     return out
 
 

@@ -94,18 +94,20 @@ def collect_demos(variants: dict[str, PushTVariant], cfg: DemoConfig, radius: fl
 
 def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[str, PushTVariant], episodes: int,
                   seed: int, max_steps: int, radius: float, size: int = 64, frames_of: int = 0,
-                  deterministic: bool = True, progress: bool = False) -> dict:
-    """Real episodes, seeds ``seed .. seed + episodes - 1``, variant i mod V, with the deterministic
-    chunk or (``deterministic=False``) sampled chunks (torch's generator seeded with ``seed``);
-    adds ``success_rate``, ``per_variant`` success rates and ``variant`` (episodes,)."""
+                  deterministic: bool = True, progress: bool = False, seeds: list[int] | None = None) -> dict:
+    """Real episodes, seeds ``seed .. seed + episodes - 1`` (or the given ``seeds``, one per episode),
+    variant i mod V, with the deterministic chunk or (``deterministic=False``) sampled chunks (torch's
+    generator seeded with ``seed``); adds ``success_rate``, ``per_variant`` success rates and ``variant`` (episodes,)."""
+    seeds = [seed + i for i in range(episodes)] if seeds is None else list(seeds)
+    if len(seeds) != episodes:
+        raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
     vs = variant_list(variants, episodes)
     names = list(variants)
     vi = np.array([names.index(v.name) for v in vs])
     with torch.random.fork_rng():  # sampled chunks are reproducible and leave the caller's generator alone
         torch.manual_seed(seed)
-        out = rollout_real(policy_act(policy, lang_table[torch.as_tensor(vi)], deterministic=deterministic), vs,
-                           [seed + i for i in range(episodes)], max_steps, radius, size, frames_of=frames_of,
-                           progress=progress)
+        out = rollout_real(policy_act(policy, lang_table[torch.as_tensor(vi)], deterministic=deterministic), vs, seeds,
+                           max_steps, radius, size, frames_of=frames_of, progress=progress)
     out["variant"] = vi
     out["success_rate"] = float(out["success"].mean())
     out["per_variant"] = {n: float(out["success"][vi == k].mean()) for k, n in enumerate(names)}
