@@ -13,6 +13,7 @@ from torch.distributions import Independent, Normal
 from agents.vla.bc import BCConfig, chunk_targets, train_bc
 from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, group_advantages
 from agents.vla.language import InstructionEmbedder
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter, fold_adapter
 from agents.vla.policy import VLAConfig, VLAInputError, VLAPolicy, load_vla, save_vla
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import rollout_imagined
@@ -202,6 +203,50 @@ def test_post_training_step_changes_the_policy(tiny_world, algo, components):
         logp, _ = policy.log_prob(policy.images(roll["pixels"][0]), roll["state"][0], lang, roll["u"][0])
     gain = logp - roll["log_prob"][0]
     assert float(gain[0::2].mean()) > float(gain[1::2].mean())
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_pgpe_fold_is_the_adapter(tiny_world, components):
+    """Folding an adapter into the head gives the chunk the adapter gives, in imagination too."""
+    policy = tiny_policy(components=components)
+    lang = policy.embed([INSTRUCTIONS[i % 5] for i in range(4)])
+    start = torch.arange(4)
+    g = torch.Generator().manual_seed(1)
+    adapter = 0.3 * torch.randn(4, 8, generator=g)  # chunk 2 x 2 log-gains, then biases
+    roll = rollout_imagined(policy, tiny_world, tiny_heads(), start, lang, decisions=1, adapter=adapter)
+    with torch.no_grad():
+        img, state = policy.images(roll["pixels"][0]), roll["state"][0]
+        mode = policy.sample(img, state, lang, deterministic=True)["u"]
+        assert torch.allclose(roll["u"][0], apply_adapter(mode, adapter), atol=1e-6)
+        fold_adapter(policy, adapter[2])
+        folded = policy.sample(img, state, lang, deterministic=True)["u"]
+    assert torch.allclose(folded, apply_adapter(mode, adapter[2].expand(4, -1)), atol=1e-5)
+    with pytest.raises(ValueError, match="adapter must be"):
+        fold_adapter(policy, torch.zeros(3))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_pgpe_step_follows_the_better_rollouts(shared):
+    """Rollouts whose first log-gain was drawn up succeed: the step raises that gain most, and the
+    policy's deterministic chunk moves with it."""
+    policy = tiny_policy()
+    pgpe = VLAPGPE(policy, VLAPGPEConfig(sigma=0.2, lr=0.5, group=4, shared=shared))
+    eps, adapter = pgpe.sample(16)
+    assert eps.shape == (64, 4 if shared else 8) and adapter.shape == (64, 8)
+    assert torch.equal(eps.view(16, 4, -1)[:, :2], -eps.view(16, 4, -1)[:, 2:])  # antithetic pairs within each group
+    img = torch.rand(2, 3, SIZE, SIZE)
+    state, lang = torch.full((2, 2), 256.0), policy.embed(INSTRUCTIONS[:2])
+    before = policy.sample(img, state, lang, deterministic=True)["u"]
+    stats = pgpe.update(eps, (eps[:, 0] > 0).float())
+    assert stats["informative_groups"] > 0.5
+    step = pgpe.last_step
+    assert step[0] > 0 and int(step.abs().argmax()) == 0
+    after = policy.sample(img, state, lang, deterministic=True)["u"]
+    assert not torch.allclose(after, before)
+    with pytest.raises(ValueError, match="eps must be"):
+        pgpe.update(eps[:, :2], torch.zeros(64))
+    with pytest.raises(ValueError, match="even"):
+        VLAPGPE(policy, VLAPGPEConfig(group=3))
 
 
 def test_group_advantages():
@@ -394,10 +439,11 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
                            "success.ensemble=2", "success.steps=5", "eval.episodes=5", "eval.gif_episodes=1",
                            "post_train.iterations=1", "post_train.rounds=1", "post_train.envs=8", "post_train.decisions=2",
                            "post_train.real_check_every=1", "post_train.real_check_episodes=5", "post_train.video_envs=1",
-                           "grpo.group=4", "policy_cfg.channels=[8,8]", "policy_cfg.hidden=32", "policy_cfg.lang_hidden=16"])
+                           "grpo.group=4", "pgpe.group=4", "algos=[ppo,grpo,pgpe]", "policy_cfg.channels=[8,8]",
+                           "policy_cfg.hidden=32", "policy_cfg.lang_hidden=16"])
     out = run_vla_posttrain(cfg, progress=False, encode=fake_encode)
     saved = json.loads((tmp_path / "results.json").read_text())
-    for algo in ("ppo", "grpo"):
+    for algo in ("ppo", "grpo", "pgpe"):
         after = saved["algos"][algo]["after"]
         assert after["episodes"] == 5 and 0.0 <= after["sampled_success_rate"] <= 1.0
         assert (tmp_path / algo / "policy.safetensors").exists()

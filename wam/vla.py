@@ -37,10 +37,11 @@ def load_vla_config(args: list[str], base: str | Path | None = None) -> dict[str
         cfg = merge(cfg, update)
     if cfg["task"] != "pusht":
         raise ConfigError(f"vla-posttrain supports task=pusht (language variants), got {cfg['task']!r}")
-    bad = [a for a in (cfg["algos"] if isinstance(cfg["algos"], list) else [cfg["algos"]]) if a not in ("ppo", "grpo")]
+    from agents.vla.loop import IMAGINATION_BACKENDS, POST_TRAINING_ALGOS
+
+    bad = [a for a in (cfg["algos"] if isinstance(cfg["algos"], list) else [cfg["algos"]]) if a not in POST_TRAINING_ALGOS]
     if bad:
-        raise ConfigError(f"unknown algos {bad}; valid: ['ppo', 'grpo']")
-    from agents.vla.loop import IMAGINATION_BACKENDS
+        raise ConfigError(f"unknown algos {bad}; valid: {list(POST_TRAINING_ALGOS)}")
 
     if cfg["post_train"]["imagination"] not in IMAGINATION_BACKENDS:
         raise ConfigError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {cfg['post_train']['imagination']!r}")
@@ -58,6 +59,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     from agents.vla.bc import BCConfig, train_bc
     from agents.vla.grpo import VLAGRPOConfig
     from agents.vla.language import InstructionEmbedder
+    from agents.vla.pgpe import VLAPGPEConfig
     from agents.vla.loop import (DemoConfig, PostTrainConfig, StartPool, collect_demos, concat_rows, evaluate_real,
                                  post_train)
     from agents.vla.policy import VLAConfig, VLAPolicy, load_vla, save_vla
@@ -81,6 +83,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     pt_cfg = dataclass_from(PostTrainConfig, {**cfg["post_train"], "seed": int(cfg["seed"])}, "post_train")
     ppo_cfg = dataclass_from(VLAPPOConfig, cfg["ppo"], "ppo")
     grpo_cfg = dataclass_from(VLAGRPOConfig, cfg["grpo"], "grpo")
+    pgpe_cfg = dataclass_from(VLAPGPEConfig, cfg["pgpe"], "pgpe")
     succ = dict(cfg["success"])
     holdout = float(succ.pop("holdout_fraction"))
     succ_cfg = dataclass_from(SuccessConfig, {**succ, "seed": int(cfg["seed"])}, "success")
@@ -150,7 +153,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
         wm = copy.deepcopy(model)
         pool = StartPool(real, targets)
         out = post_train(pol, algo, wm, ens, lang_table, variants, pool, real, pt_cfg, ppo_cfg, grpo_cfg, max_steps, radius,
-                         frame_store=store, device=dev, progress=progress)
+                         frame_store=store, device=dev, progress=progress, pgpe=pgpe_cfg)
         save_vla(pol, run / algo)
         t = time.time()
         after = real_eval(pol, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)

@@ -4,7 +4,7 @@
 2. behaviour cloning -> the warm-start policy;
 3. success heads on real frames (demos + the warm start's real episodes), calibrated on
    held-out real episodes;
-4. post-training (PPO or GRPO) on imagined rollouts from real start frames, rewarded by the
+4. post-training (PPO, GRPO or PGPE) on imagined rollouts from real start frames, rewarded by the
    success heads; every ``real_check_every`` iterations the policy runs in the real env, the
    imagined outcome from the very same start frames is logged beside the real one, and those
    real episodes join the frame store;
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, grpo_outcomes
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig
 from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import SimulatorImagination, policy_act, rollout_imagined, rollout_real
@@ -43,6 +44,7 @@ class DemoConfig:
     seed: int = 1000
 
 
+POST_TRAINING_ALGOS = ("ppo", "grpo", "pgpe")  # post_train's algo
 IMAGINATION_BACKENDS = ("world_model", "simulator")  # what post-training rolls out in (PostTrainConfig.imagination)
 
 
@@ -178,8 +180,9 @@ def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, lang_table: torch.Tensor,
                variants: dict[str, PushTVariant], pool: StartPool, base_rows: dict[str, np.ndarray], cfg: PostTrainConfig,
                ppo: VLAPPOConfig, grpo: VLAGRPOConfig, max_steps: int, radius: float, frame_store=None,
-               device: str | torch.device = "cpu", progress: bool = False) -> dict:
-    """Post-train ``policy`` in place with ``algo`` ("ppo" | "grpo") inside ``model`` (a
+               device: str | torch.device = "cpu", progress: bool = False, pgpe: VLAPGPEConfig | None = None) -> dict:
+    """Post-train ``policy`` in place with ``algo`` ("ppo" | "grpo" | "pgpe", the last with ``pgpe``'s
+    config, default :class:`VLAPGPEConfig`) inside ``model`` (a
     :class:`PixelWorldModel`, fine-tuned in place between rounds on ``base_rows`` plus the real
     checks' rows, which are also appended to ``frame_store`` when given). Returns ``history``
     (one dict per iteration: imagined success / flagged / diverged rates, losses, and at real
@@ -188,15 +191,17 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     ``seconds``."""
     from world_models.pixel.training import PixelTrainConfig, train_dynamics
 
-    if algo not in ("ppo", "grpo"):
-        raise ValueError(f"algo must be 'ppo' or 'grpo', got {algo!r}")
+    if algo not in POST_TRAINING_ALGOS:
+        raise ValueError(f"algo must be one of {POST_TRAINING_ALGOS}, got {algo!r}")
     t0 = time.time()
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.explore_std is not None:  # behaviour cloning fits the demos' noise, often far wider than useful exploration
         with torch.no_grad():
             policy.log_std.fill_(math.log(cfg.explore_std / policy.cfg.action_scale))
-    trainer = VLAPPO(policy, ppo, cfg.seed) if algo == "ppo" else VLAGRPO(policy, grpo, cfg.seed)
-    group = 1 if algo == "ppo" else grpo.group
+    pgpe = pgpe or VLAPGPEConfig()
+    trainer = {"ppo": lambda: VLAPPO(policy, ppo, cfg.seed), "grpo": lambda: VLAGRPO(policy, grpo, cfg.seed),
+               "pgpe": lambda: VLAPGPE(policy, pgpe, cfg.seed)}[algo]()
+    group = {"ppo": 1, "grpo": grpo.group, "pgpe": pgpe.group}[algo]
     if cfg.envs % group:
         raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of grpo.group {group}")
     v = len(variants)
@@ -211,11 +216,13 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             starts, vi = starts.repeat_interleave(group), vi.repeat_interleave(group)
             lang = lang_table[vi].to(device)
             last = it == cfg.iterations - 1 and rnd == cfg.rounds - 1
+            eps, adapter = trainer.sample(len(starts) // group) if algo == "pgpe" else (None, None)
             roll = rollout_imagined(policy, imagination, success, starts.to(device), lang, cfg.decisions,
-                                    keep_frames=cfg.video_envs if last else 0)
+                                    keep_frames=cfg.video_envs if last else 0,
+                                    adapter=None if adapter is None else adapter.to(device))
             if last:
                 video = roll["video"].cpu().numpy()
-            stats = trainer.update(roll, lang)
+            stats = trainer.update(eps, grpo_outcomes(roll)) if algo == "pgpe" else trainer.update(roll, lang)
             outcome = grpo_outcomes(roll)
             rec = {"iteration": it_total, "round": rnd, "imagined_success": float(outcome.mean()),
                    "flagged_rate": float(roll["flagged"][1:].any(0).float().mean()),

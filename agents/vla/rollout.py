@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from agents.vla.pgpe import apply_adapter
 from agents.vla.policy import VLAPolicy
 from agents.vla.success import SuccessEnsemble
 from tasks.pusht import WORLD, PushTVariant, make_pusht_env, region_distance
@@ -181,10 +182,13 @@ class SimulatorImagination:
 
 @torch.no_grad()
 def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, start: torch.Tensor, lang: torch.Tensor,
-                     decisions: int, deterministic: bool = False, keep_frames: int = 0) -> dict[str, torch.Tensor]:
+                     decisions: int, deterministic: bool = False, keep_frames: int = 0,
+                     adapter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Imagine ``decisions`` policy calls (each a chunk of ``policy.cfg.chunk`` steps) from real
     start frames ``start`` (B,) (indices into ``imagination.start_pixels``) under instructions
-    ``lang`` (B, L).
+    ``lang`` (B, L). ``adapter`` (B, 2 * chunk * A): each rollout's action adapter on the deterministic
+    chunk (PGPE's exploration, :func:`agents.vla.pgpe.apply_adapter`); then ``u`` is the adapted chunk and
+    ``log_prob`` that of the unadapted one.
 
     Returns (time first, D = decisions): ``pixels`` (D + 1, B, H, W, 3) uint8 and ``state``
     (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
@@ -199,7 +203,10 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
-        out = policy.sample(img, carry["obs"].float(), lang, deterministic=deterministic)
+        out = policy.sample(img, carry["obs"].float(), lang, deterministic=deterministic or adapter is not None)
+        if adapter is not None:
+            u = apply_adapter(out["u"], adapter)
+            out = {**out, "u": u, "actions": policy.to_actions(u, carry["obs"].float())}
         for k in range(policy.cfg.chunk):
             carry, step = imagination.step(carry, out["actions"][:, k].contiguous())
             broken = broken | step["diverged"]

@@ -1,0 +1,106 @@
+"""PGPE post-training of a VLA policy: parameter-space exploration of an action adapter.
+
+PPO and GRPO explore with action noise and move every weight; on Push-T at this budget neither
+moves the deterministic chunk's real success, even with an oracle reward in the real physics
+(BENCHMARKS.md, issue 8). PGPE (Sehnke et al. 2010, "policy gradients with parameter-based
+exploration") keeps the warm start and explores a small *action adapter* on its deterministic chunk
+
+    u' = u * exp(g) + b        u, g, b: (chunk * A,)   (g = b = 0: the policy as it is)
+
+with one adapter per rollout, ``theta = sigma * eps`` around the current policy (antithetic pairs
+``eps``, ``-eps``), so every rollout is the deterministic policy the evaluation runs. The outcome
+is GRPO's binary one (the success heads say success, confidently, before the model diverged)
+with its group-relative advantages over the G rollouts of a (start frame, instruction); the step
+``lr * mean(adv * eps) / sigma`` is folded into the head's output layer (the adapter is affine on
+the chunk's mean), so the policy file keeps its format and the next update explores around the new
+policy. ``shared`` ties g and b over the chunk's steps (2 * A numbers instead of 2 * chunk * A).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.vla.grpo import group_advantages
+from agents.vla.policy import VLAPolicy
+
+
+@dataclass
+class VLAPGPEConfig:
+    """PGPE hyperparameters (per update)."""
+
+    sigma: float = 0.2    # exploration std of the adapter's numbers (log-gain; bias in units of u, x action_scale world units)
+    lr: float = 0.5       # step per unit of the PGPE gradient mean(adv * eps) / sigma
+    group: int = 8        # G rollouts per (start frame, instruction); even (antithetic pairs)
+    shared: bool = False  # one gain and bias per action dimension, shared over the chunk
+
+
+def expand_adapter(theta: torch.Tensor, chunk: int, action_dim: int, shared: bool) -> torch.Tensor:
+    """Adapter numbers (..., P) -> (..., 2 * chunk * A): log-gains, then biases, of every chunk entry
+    (P = 2 * A when ``shared``, else 2 * chunk * A)."""
+    if not shared:
+        return theta
+    return torch.cat([theta[..., :action_dim].tile(chunk), theta[..., action_dim:].tile(chunk)], -1)
+
+
+def apply_adapter(u: torch.Tensor, adapter: torch.Tensor) -> torch.Tensor:
+    """u (B, D) under per-row adapters (B, 2 D): u * exp(log-gain) + bias."""
+    d = u.shape[-1]
+    if adapter.shape[-1] != 2 * d:
+        raise ValueError(f"an adapter of chunks with {d} numbers has {2 * d} (log-gains, biases), got {adapter.shape[-1]}")
+    return u * adapter[..., :d].exp() + adapter[..., d:]
+
+
+@torch.no_grad()
+def fold_adapter(policy: VLAPolicy, adapter: torch.Tensor) -> None:
+    """Fold one adapter (2 * chunk * A,) into the head's output layer, in place: the new deterministic
+    chunk is the old one under the adapter (every mixture component's mean moves alike)."""
+    d = policy.cfg.chunk * policy.cfg.action_dim
+    if adapter.shape != (2 * d,):
+        raise ValueError(f"adapter must be ({2 * d},), got {tuple(adapter.shape)}")
+    last = policy.head[-1]
+    gain = adapter[:d].exp().to(last.weight).repeat(policy.cfg.components)
+    bias = adapter[d:].to(last.weight).repeat(policy.cfg.components)
+    means = slice(0, policy.cfg.components * d)
+    last.weight[means] *= gain[:, None]
+    last.bias[means] = last.bias[means] * gain + bias
+
+
+class VLAPGPE:
+    """PGPE on a VLA policy's action adapter: ``sample(starts)`` draws the rollouts' adapters (groups laid
+    out consecutively), ``update(eps, outcome)`` folds the step into the policy."""
+
+    def __init__(self, policy: VLAPolicy, cfg: VLAPGPEConfig, seed: int = 0):
+        if cfg.group < 2 or cfg.group % 2:
+            raise ValueError(f"pgpe.group must be even and >= 2 (antithetic pairs), got {cfg.group}")
+        if cfg.sigma <= 0:
+            raise ValueError(f"pgpe.sigma must be > 0, got {cfg.sigma}")
+        self.policy, self.cfg = policy, cfg
+        a = policy.cfg.action_dim
+        self.params = 2 * a if cfg.shared else 2 * policy.cfg.chunk * a
+        self.gen = torch.Generator().manual_seed(seed)
+        self.last_step = torch.zeros(self.params)
+
+    def expand(self, theta: torch.Tensor) -> torch.Tensor:
+        return expand_adapter(theta, self.policy.cfg.chunk, self.policy.cfg.action_dim, self.cfg.shared)
+
+    def sample(self, starts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``eps`` (starts * G, P) standard normal in antithetic pairs within each group, and the rollouts'
+        adapters (starts * G, 2 * chunk * A) = sigma * eps, expanded."""
+        half = torch.randn(starts, self.cfg.group // 2, self.params, generator=self.gen)
+        eps = torch.cat([half, -half], 1).flatten(0, 1)
+        return eps, self.expand(self.cfg.sigma * eps)
+
+    def update(self, eps: torch.Tensor, outcome: torch.Tensor) -> dict[str, float]:
+        """One PGPE step from the binary outcomes (B,) of rollouts run with ``sample``'s adapters."""
+        if eps.shape != (outcome.shape[0], self.params):
+            raise ValueError(f"eps must be ({outcome.shape[0]}, {self.params}), got {tuple(eps.shape)}")
+        adv = group_advantages(outcome.float().cpu(), self.cfg.group)
+        step = self.cfg.lr * (adv[:, None] * eps).mean(0) / self.cfg.sigma
+        fold_adapter(self.policy, self.expand(step))
+        self.last_step = step
+        d = self.params // 2
+        return {"mean_outcome": float(outcome.float().mean()),
+                "informative_groups": float((outcome.float().view(-1, self.cfg.group).std(1) > 0).float().mean()),
+                "gain_step": float(step[:d].exp().mean()), "bias_step_world": float(step[d:].abs().mean()) * self.policy.cfg.action_scale}
