@@ -199,11 +199,14 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
         with torch.no_grad():
             policy.log_std.fill_(math.log(cfg.explore_std / policy.cfg.action_scale))
     pgpe = pgpe or VLAPGPEConfig()
-    trainer = {"ppo": lambda: VLAPPO(policy, ppo, cfg.seed), "grpo": lambda: VLAGRPO(policy, grpo, cfg.seed),
-               "pgpe": lambda: VLAPGPE(policy, pgpe, cfg.seed)}[algo]()
-    group = {"ppo": 1, "grpo": grpo.group, "pgpe": pgpe.group}[algo]
+    if algo == "ppo":
+        trainer, group = VLAPPO(policy, ppo, cfg.seed), 1
+    elif algo == "grpo":
+        trainer, group = VLAGRPO(policy, grpo, cfg.seed), grpo.group
+    else:
+        trainer, group = VLAPGPE(policy, pgpe, cfg.seed), pgpe.group
     if cfg.envs % group:
-        raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of grpo.group {group}")
+        raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of {algo}.group {group}")
     v = len(variants)
     horizon = cfg.decisions * policy.cfg.chunk
     history, refinements, new_rows, video = [], [], [], None
@@ -222,8 +225,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
                                     adapter=None if adapter is None else adapter.to(device))
             if last:
                 video = roll["video"].cpu().numpy()
-            stats = trainer.update(eps, grpo_outcomes(roll)) if algo == "pgpe" else trainer.update(roll, lang)
             outcome = grpo_outcomes(roll)
+            stats = trainer.update(eps, outcome) if algo == "pgpe" else trainer.update(roll, lang)
             rec = {"iteration": it_total, "round": rnd, "imagined_success": float(outcome.mean()),
                    "flagged_rate": float(roll["flagged"][1:].any(0).float().mean()),
                    "diverged_rate": float(roll["diverged"][-1].float().mean()), **stats}
