@@ -5,11 +5,12 @@
 
 PPO and GRPO explore with action noise and move every weight (``benchmarks/vla_rl_ceiling.py``:
 flat at 467 k env steps even with an oracle reward in the real physics). Here the warm start is
-frozen and RL moves an *action adapter* only, ``u' = u * exp(g) + b`` on the deterministic chunk
-``u`` (B, chunk * A) (g = b = 0 is the warm start), explored in parameter space (PGPE, Sehnke et al.
-2010): every rollout draws its own adapter ``theta = mu + sigma * eps`` (antithetic pairs), rolls
-the *deterministic* policy out with it, and ``mu`` follows ``mean(adv * eps) / sigma`` with GRPO's
-group-relative advantages of the binary outcome (G rollouts per start and instruction). Rollouts
+kept and RL moves an *action adapter* only, ``u' = u * exp(g) + b`` on the deterministic chunk
+``u`` (B, chunk * A), explored in parameter space (:class:`agents.vla.pgpe.VLAPGPE`, PGPE, Sehnke et
+al. 2010): every rollout draws its own adapter ``sigma * eps`` around the current policy (antithetic
+pairs), rolls the *deterministic* policy out with it, and the step ``lr * mean(adv * eps) / sigma``
+with GRPO's group-relative advantages of the binary outcome (G rollouts per start and instruction)
+is folded into the policy's output layer. Rollouts
 run in gym-pusht's physics and are scored by the true success (the T's centroid within the radius
 of the instructed target within 150 steps), so like ``vla_rl_ceiling`` this measures the RL alone.
 Prints the training curve and the deterministic real success before / after (100 episodes, seeds
@@ -25,6 +26,7 @@ import torch
 
 from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import evaluate_real
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter
 from agents.vla.policy import load_vla
 from agents.vla.rollout import rollout_real
 from tasks.pusht import PUSHT_VARIANTS
@@ -39,45 +41,28 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=16, help="starts (seed, instruction) per update")
     p.add_argument("--group", type=int, default=8, help="rollouts per start (even: antithetic pairs)")
     p.add_argument("--sigma", type=float, default=0.2, help="exploration std of the adapter's numbers")
-    p.add_argument("--lr", type=float, default=0.5, help="step on mu per unit of the PGPE gradient")
+    p.add_argument("--lr", type=float, default=0.5, help="step per unit of the PGPE gradient mean(adv * eps) / sigma")
     p.add_argument("--shared", action="store_true", help="one gain and bias per action dimension, shared over the chunk")
     p.add_argument("--episodes", type=int, default=100, help="real evaluation episodes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.group % 2:
-        p.error("--group must be even (antithetic pairs)")
     torch.set_num_threads(1)
 
     embedder = InstructionEmbedder("cpu")
     names = list(PUSHT_VARIANTS)
     table = embedder([PUSHT_VARIANTS[n].instruction for n in names])
     policy = load_vla(args.policy, embedder=embedder)
-    a, d = policy.cfg.action_dim, policy.cfg.chunk * policy.cfg.action_dim
-    n_params = 2 * a if args.shared else 2 * d
-    mu = torch.zeros(n_params)
-    to_actions = policy.to_actions
-
-    def adapter(theta: torch.Tensor) -> torch.Tensor:
-        """(..., n_params) -> (..., 2 d): log-gains then biases of every chunk entry."""
-        if not args.shared:
-            return theta
-        return torch.cat([theta[..., :a].tile(policy.cfg.chunk), theta[..., a:].tile(policy.cfg.chunk)], -1)
+    pgpe = VLAPGPE(policy, VLAPGPEConfig(sigma=args.sigma, lr=args.lr, group=args.group, shared=args.shared), args.seed)
 
     def real_success() -> float:
-        m = adapter(mu)
-        policy.to_actions = lambda u, state: to_actions(u * m[:d].exp() + m[d:], state)
-        out = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS)["success_rate"]
-        policy.to_actions = to_actions
-        return out
+        return evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS)["success_rate"]
 
     before = real_success()
     print(f"before: deterministic real success {before:.2f}", flush=True)
     gen = torch.Generator().manual_seed(args.seed)
-    t, steps = time.time(), 0
+    t, steps, total = time.time(), 0, torch.zeros(2 * policy.cfg.chunk * policy.cfg.action_dim)
     for k in range(args.updates):
-        half = torch.randn(args.starts, args.group // 2, n_params, generator=gen)
-        eps = torch.cat([half, -half], 1)
-        theta = adapter((mu + args.sigma * eps).reshape(-1, n_params))
+        eps, adapter = pgpe.sample(args.starts)
         seeds = torch.randint(100000, 200000, (args.starts,), generator=gen).repeat_interleave(args.group).tolist()
         vi = torch.randint(0, len(names), (args.starts,), generator=gen).repeat_interleave(args.group)
         lang = table[vi]
@@ -87,23 +72,24 @@ def main() -> None:
             i = torch.as_tensor(idx)
             s = torch.as_tensor(state).float()
             u = policy.sample(policy.images(torch.as_tensor(pixels)), s, lang[i], deterministic=True)["u"]
-            return to_actions(u * theta[i, :d].exp() + theta[i, d:], s).numpy()
+            return policy.to_actions(apply_adapter(u, adapter[i]), s).numpy()
 
         out = rollout_real(act, [PUSHT_VARIANTS[names[i]] for i in vi.tolist()], seeds, MAX_STEPS, RADIUS)
         steps += int(out["steps"].sum())
-        r = torch.as_tensor(out["success"], dtype=torch.float32).view(args.starts, args.group)
-        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + 1e-6)
-        mu += args.lr * (adv[..., None] * eps).mean((0, 1)) / args.sigma
-        m = adapter(mu)
-        print(f"update {k}: success {r.mean():.2f}, informative starts {(r.std(1) > 0).float().mean():.2f}, "
-              f"mean gain {m[:d].exp().mean():.2f}, mean |bias| {m[d:].abs().mean() * policy.cfg.action_scale:.0f} units, "
-              f"{steps} env steps, {time.time() - t:.0f} s", flush=True)
+        stats = pgpe.update(eps, torch.as_tensor(out["success"], dtype=torch.float32))
+        total = compose(total, pgpe.expand(pgpe.last_step))
+        print(f"update {k}: success {stats['mean_outcome']:.2f}, informative starts {stats['informative_groups']:.2f}, "
+              f"total gain {total[:len(total) // 2].exp().mean():.2f}, mean |bias| "
+              f"{total[len(total) // 2:].abs().mean() * policy.cfg.action_scale:.0f} units, {steps} env steps, "
+              f"{time.time() - t:.0f} s", flush=True)
     after = real_success()
-    m = adapter(mu)
-    print(f"gains {m[:d].exp().numpy().round(2).tolist()}, biases (units) "
-          f"{(m[d:] * policy.cfg.action_scale).numpy().round(0).tolist()}")
     print(f"deterministic real success {before:.2f} -> {after:.2f} ({args.updates} updates, {steps} env steps)", flush=True)
 
+
+def compose(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
+    """The adapter (2 D,) equal to applying ``first``, then ``then``: gains multiply, the first bias is scaled."""
+    d = len(first) // 2
+    return torch.cat([first[:d] + then[:d], first[d:] * then[:d].exp() + then[d:]])
 
 if __name__ == "__main__":
     main()
