@@ -26,12 +26,11 @@ import torch
 
 from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import evaluate_real
-from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig
 from agents.vla.policy import load_vla
-from agents.vla.rollout import rollout_real
+from agents.vla.rollout import policy_act, rollout_real
+from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
 from tasks.pusht import PUSHT_VARIANTS
-
-RADIUS, MAX_STEPS, SEED = 40.0, 150, 20000
 
 
 def main() -> None:
@@ -65,16 +64,8 @@ def main() -> None:
         eps, adapter = pgpe.sample(args.starts)
         seeds = torch.randint(100000, 200000, (args.starts,), generator=gen).repeat_interleave(args.group).tolist()
         vi = torch.randint(0, len(names), (args.starts,), generator=gen).repeat_interleave(args.group)
-        lang = table[vi]
 
-        @torch.no_grad()
-        def act(pixels, state, idx, infos):
-            i = torch.as_tensor(idx)
-            s = torch.as_tensor(state).float()
-            u = policy.sample(policy.images(torch.as_tensor(pixels)), s, lang[i], deterministic=True)["u"]
-            return policy.to_actions(apply_adapter(u, adapter[i]), s).numpy()
-
-        out = rollout_real(act, [PUSHT_VARIANTS[names[i]] for i in vi.tolist()], seeds, MAX_STEPS, RADIUS)
+        out = rollout_real(policy_act(policy, table[vi], adapter=adapter), [PUSHT_VARIANTS[names[i]] for i in vi.tolist()], seeds, MAX_STEPS, RADIUS)
         steps += int(out["steps"].sum())
         stats = pgpe.update(eps, torch.as_tensor(out["success"], dtype=torch.float32))
         total = compose(total, pgpe.expand(pgpe.last_step))

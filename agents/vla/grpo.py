@@ -46,6 +46,11 @@ def group_advantages(outcome: torch.Tensor, group: int) -> torch.Tensor:
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + 1e-6)).flatten()
 
 
+def informative_groups(outcome: torch.Tensor, group: int) -> float:
+    """Share of the consecutive groups of ``group`` outcomes (B,) that do not all agree (the ones with a signal)."""
+    return float((outcome.float().view(-1, group).std(1) > 0).float().mean())
+
+
 class VLAGRPO:
     """GRPO on a VLA policy; ``update(roll, lang)`` with groups laid out consecutively in the batch."""
 
@@ -93,5 +98,5 @@ class VLAGRPO:
             p.eval()
         out = {k: v / max(count, 1) for k, v in stats.items()}
         out["mean_outcome"] = float(outcome.mean())
-        out["informative_groups"] = float((outcome.view(-1, cfg.group).std(1) > 0).float().mean())
+        out["informative_groups"] = informative_groups(outcome, cfg.group)
         return out

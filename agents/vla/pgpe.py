@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.vla.grpo import group_advantages
+from agents.vla.grpo import group_advantages, informative_groups
 from agents.vla.policy import VLAPolicy
 
 
@@ -102,5 +102,5 @@ class VLAPGPE:
         self.last_step = step
         d = self.params // 2
         return {"mean_outcome": float(outcome.float().mean()),
-                "informative_groups": float((outcome.float().view(-1, self.cfg.group).std(1) > 0).float().mean()),
+                "informative_groups": informative_groups(outcome, self.cfg.group),
                 "gain_step": float(step[:d].exp().mean()), "bias_step_world": float(step[d:].abs().mean()) * self.policy.cfg.action_scale}

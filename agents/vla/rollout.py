@@ -30,18 +30,33 @@ ROW_FIELDS = ("pixels", "agent_pos", "action", "coverage", "success", "last", "e
 ActFn = Callable[[np.ndarray, np.ndarray, np.ndarray, list], np.ndarray]
 
 
-def policy_act(policy: VLAPolicy, lang: torch.Tensor, deterministic: bool = True) -> ActFn:
-    """An :data:`ActFn` of a VLA policy; ``lang`` (N, L) holds env i's instruction embedding."""
+def policy_act(policy: VLAPolicy, lang: torch.Tensor, deterministic: bool = True,
+               adapter: torch.Tensor | None = None) -> ActFn:
+    """An :data:`ActFn` of a VLA policy; ``lang`` (N, L) holds env i's instruction embedding and
+    ``adapter`` (N, 2 * chunk * A), when given, env i's action adapter (see :func:`adapted_sample`)."""
     dev = policy.log_std.device
 
     @torch.no_grad()
     def act(pixels: np.ndarray, state: np.ndarray, idx: np.ndarray, infos: list) -> np.ndarray:
-        img = policy.images(torch.as_tensor(pixels, device=dev))
-        out = policy.sample(img, torch.as_tensor(state, device=dev).float(), lang[torch.as_tensor(idx, device=dev)],
-                            deterministic=deterministic)
+        i = torch.as_tensor(idx, device=dev)
+        out = adapted_sample(policy, policy.images(torch.as_tensor(pixels, device=dev)),
+                             torch.as_tensor(state, device=dev).float(), lang[i], deterministic,
+                             None if adapter is None else adapter[i])
         return out["actions"].cpu().numpy()
 
     return act
+
+
+def adapted_sample(policy: VLAPolicy, img: torch.Tensor, state: torch.Tensor, lang: torch.Tensor, deterministic: bool,
+                   adapter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """:meth:`VLAPolicy.sample`, or with per-row ``adapter`` (B, 2 * chunk * A) the deterministic chunk
+    under it (PGPE's exploration, :func:`agents.vla.pgpe.apply_adapter`): then ``u`` is the adapted
+    chunk and ``log_prob`` that of the unadapted one."""
+    out = policy.sample(img, state, lang, deterministic=deterministic or adapter is not None)
+    if adapter is None:
+        return out
+    u = apply_adapter(out["u"], adapter)
+    return {**out, "u": u, "actions": policy.to_actions(u, state)}
 
 
 def batch_dict_act(policy, instructions: list[str]) -> ActFn:
@@ -203,10 +218,7 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
-        out = policy.sample(img, carry["obs"].float(), lang, deterministic=deterministic or adapter is not None)
-        if adapter is not None:
-            u = apply_adapter(out["u"], adapter)
-            out = {**out, "u": u, "actions": policy.to_actions(u, carry["obs"].float())}
+        out = adapted_sample(policy, img, carry["obs"].float(), lang, deterministic, adapter)
         for k in range(policy.cfg.chunk):
             carry, step = imagination.step(carry, out["actions"][:, k].contiguous())
             broken = broken | step["diverged"]
