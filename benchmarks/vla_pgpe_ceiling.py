@@ -9,8 +9,8 @@ kept and RL moves an *action adapter* only, ``u' = u * exp(g) + b`` on the deter
 ``u`` (B, chunk * A), explored in parameter space (:class:`agents.vla.pgpe.VLAPGPE`, PGPE, Sehnke et
 al. 2010): every rollout draws its own adapter ``sigma * eps`` around the current policy (antithetic
 pairs), rolls the *deterministic* policy out with it, and the step ``lr * mean(adv * eps) / sigma``
-with GRPO's group-relative advantages of the binary outcome (G rollouts per start and instruction)
-is folded into the policy's output layer. Rollouts
+with GRPO's group-relative advantages of the binary outcome (G rollouts per start and instruction;
+``--fitness progress``: minus the closest distance of the T to the target as well) is folded into the policy's output layer. Rollouts
 run in gym-pusht's physics and are scored by the true success (the T's centroid within the radius
 of the instructed target within 150 steps), so like ``vla_rl_ceiling`` this measures the RL alone.
 Prints the training curve and the deterministic real success before / after (100 episodes, seeds
@@ -26,7 +26,7 @@ import torch
 
 from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import evaluate_real
-from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig
+from agents.vla.pgpe import PGPE_FITNESS, VLAPGPE, VLAPGPEConfig, pgpe_fitness
 from agents.vla.policy import load_vla
 from agents.vla.rollout import policy_act, rollout_real
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=0.2, help="exploration std of the adapter's numbers")
     p.add_argument("--lr", type=float, default=0.5, help="step per unit of the PGPE gradient mean(adv * eps) / sigma")
     p.add_argument("--shared", action="store_true", help="one gain and bias per action dimension, shared over the chunk")
+    p.add_argument("--fitness", choices=PGPE_FITNESS, default="success",
+                   help="success: the binary outcome; progress: success - closest distance / --progress-scale")
+    p.add_argument("--progress-scale", type=float, default=100.0, help="world units of closest distance worth one success")
     p.add_argument("--episodes", type=int, default=100, help="real evaluation episodes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -51,7 +54,9 @@ def main() -> None:
     names = list(PUSHT_VARIANTS)
     table = embedder([PUSHT_VARIANTS[n].instruction for n in names])
     policy = load_vla(args.policy, embedder=embedder)
-    pgpe = VLAPGPE(policy, VLAPGPEConfig(sigma=args.sigma, lr=args.lr, group=args.group, shared=args.shared), args.seed)
+    cfg = VLAPGPEConfig(sigma=args.sigma, lr=args.lr, group=args.group, shared=args.shared, fitness=args.fitness,
+                        progress_scale=args.progress_scale)
+    pgpe = VLAPGPE(policy, cfg, args.seed)
 
     def real_success() -> float:
         return evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS)["success_rate"]
@@ -67,9 +72,10 @@ def main() -> None:
 
         out = rollout_real(policy_act(policy, table[vi], adapter=adapter), [PUSHT_VARIANTS[names[i]] for i in vi.tolist()], seeds, MAX_STEPS, RADIUS)
         steps += int(out["steps"].sum())
-        stats = pgpe.update(eps, torch.as_tensor(out["success"], dtype=torch.float32))
+        success = torch.as_tensor(out["success"], dtype=torch.float32)
+        stats = pgpe.update(eps, pgpe_fitness(success, torch.as_tensor(out["closest_distance"]), cfg))
         total = compose(total, pgpe.expand(pgpe.last_step))
-        print(f"update {k}: success {stats['mean_outcome']:.2f}, informative starts {stats['informative_groups']:.2f}, "
+        print(f"update {k}: success {success.mean():.2f}, informative starts {stats['informative_groups']:.2f}, "
               f"total gain {total[:len(total) // 2].exp().mean():.2f}, mean |bias| "
               f"{total[len(total) // 2:].abs().mean() * policy.cfg.action_scale:.0f} units, {steps} env steps, "
               f"{time.time() - t:.0f} s", flush=True)

@@ -11,14 +11,14 @@ import torch
 from torch.distributions import Independent, Normal
 
 from agents.vla.bc import BCConfig, chunk_targets, train_bc
-from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, group_advantages
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, group_advantages
 from agents.vla.language import InstructionEmbedder
-from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter, fold_adapter
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter, fold_adapter, pgpe_fitness
 from agents.vla.policy import VLAConfig, VLAInputError, VLAPolicy, load_vla, save_vla
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import rollout_imagined
 from agents.vla.success import SuccessConfig, SuccessEnsemble, calibrate, train_success, variant_distances
-from tasks.pusht import PUSHT_VARIANTS, MissingExtraError
+from tasks.pusht import PUSHT_VARIANTS, MissingExtraError, region_distance
 from world_models import ModelSpec, build_model
 from wam_env.pixels import PixelImagination
 
@@ -249,6 +249,33 @@ def test_pgpe_step_follows_the_better_rollouts(shared):
         VLAPGPE(policy, VLAPGPEConfig(group=3))
 
 
+def test_pgpe_progress_fitness_ranks_every_group():
+    """With ``fitness="progress"`` a group whose rollouts all fail still ranks its adapters by how close the T
+    came (the head's distance on trusted frames only), and a success outranks any failure."""
+    flagged = torch.zeros(3, 4, dtype=torch.bool)
+    flagged[2, 1] = True  # the head is unsure of rollout 1's last frame: its 5 units do not count
+    diverged = torch.zeros(2, 4, dtype=torch.bool)
+    diverged[:, 2] = True  # rollout 2's model broke down at once: only its start frame counts
+    roll = {"distance": torch.tensor([[200.0, 200.0, 200.0, 200.0], [150.0, 120.0, 10.0, 190.0], [90.0, 5.0, 1.0, 180.0]]),
+            "prob": torch.zeros(3, 4), "flagged": flagged, "diverged": diverged}
+    closest = closest_distance(roll)
+    assert torch.equal(closest, torch.tensor([90.0, 120.0, 200.0, 180.0]))
+    success = torch.zeros(4)
+    binary, progress = VLAPGPEConfig(), VLAPGPEConfig(fitness="progress", progress_scale=100.0)
+    assert torch.equal(pgpe_fitness(success, closest, binary), success)  # no success: no signal
+    fit = pgpe_fitness(success, closest, progress)
+    assert torch.allclose(fit, torch.tensor([-0.9, -1.2, -2.0, -1.8]))
+    adv = group_advantages(fit, 4)
+    assert int(adv.argmax()) == 0 and int(adv.argmin()) == 2
+    near_miss = pgpe_fitness(torch.tensor([1.0, 0.0]), torch.tensor([39.0, 41.0]), progress)
+    assert near_miss[0] > near_miss[1]  # a success outranks a failure that came almost as close
+    policy = tiny_policy()
+    for bad, match in ((dict(fitness="reward"), "pgpe.fitness"), (dict(progress_scale=0.0), "progress_scale"),
+                       (dict(sigma=0.0), "sigma")):
+        with pytest.raises(ValueError, match=match):
+            VLAPGPE(policy, VLAPGPEConfig(**bad))
+
+
 def test_group_advantages():
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), 4)
     assert adv[0] > 0 and (adv[1:4] < 0).all() and torch.allclose(adv[4:], torch.zeros(4))
@@ -412,7 +439,11 @@ def test_post_training_in_the_simulator_starts_from_explore_std():
     def act(pixels, state, idx, infos):
         return rng.uniform(100, 400, (len(idx), 1, 2)).astype(np.float32)
 
-    rows = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)["rows"]
+    real = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)
+    rows = real["rows"]
+    seen = region_distance(rows["block_pose"], np.array([v.target for v in variants.values()])[rows["episode"]])
+    closest = [seen[rows["episode"] == i].min() for i in range(2)]  # every frame, the last one's included
+    assert np.allclose(real["closest_distance"], closest, atol=1e-3) and (real["closest_distance"] <= real["final_distance"] + 1e-6).all()
     policy = tiny_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     heads = tiny_heads()

@@ -34,8 +34,19 @@ class VLAGRPOConfig:
 
 def grpo_outcomes(roll: dict[str, torch.Tensor]) -> torch.Tensor:
     """Binary outcome (B,) of imagined rollouts (see :func:`agents.vla.rollout.rollout_imagined`)."""
-    ok = (roll["prob"][1:] > 0.5) & ~roll["flagged"][1:] & ~roll["diverged"]
-    return ok.any(0).float()
+    return ((roll["prob"][1:] > 0.5) & trusted(roll)).any(0).float()
+
+
+def closest_distance(roll: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The closest the progress head saw the T come to the instructed target (B,) world units, over the
+    start frame and the imagined frames it trusts (not flagged, the model not diverged)."""
+    after = torch.where(trusted(roll), roll["distance"][1:], roll["distance"][:1])
+    return torch.minimum(roll["distance"][0], after.min(0).values)
+
+
+def trusted(roll: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(D, B) bool: the imagined frames after each policy call that count (the heads are confident, the model did not diverge)."""
+    return ~roll["flagged"][1:] & ~roll["diverged"]
 
 
 def group_advantages(outcome: torch.Tensor, group: int) -> torch.Tensor:

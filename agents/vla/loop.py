@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, grpo_outcomes
-from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, grpo_outcomes
+from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, pgpe_fitness
 from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import SimulatorImagination, policy_act, rollout_imagined, rollout_real
@@ -226,7 +226,10 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             if last:
                 video = roll["video"].cpu().numpy()
             outcome = grpo_outcomes(roll)
-            stats = trainer.update(eps, outcome) if algo == "pgpe" else trainer.update(roll, lang)
+            if algo == "pgpe":
+                stats = trainer.update(eps, pgpe_fitness(outcome, closest_distance(roll), pgpe))
+            else:
+                stats = trainer.update(roll, lang)
             rec = {"iteration": it_total, "round": rnd, "imagined_success": float(outcome.mean()),
                    "flagged_rate": float(roll["flagged"][1:].any(0).float().mean()),
                    "diverged_rate": float(roll["diverged"][-1].float().mean()), **stats}

@@ -9,7 +9,8 @@ exploration") keeps the warm start and explores a small *action adapter* on its 
 
 with one adapter per rollout, ``theta = sigma * eps`` around the current policy (antithetic pairs
 ``eps``, ``-eps``), so every rollout is the deterministic policy the evaluation runs. The outcome
-is GRPO's binary one (the success heads say success, confidently, before the model diverged)
+is GRPO's binary one (the success heads say success, confidently, before the model diverged),
+or with ``fitness="progress"`` that minus the closest distance to the target the progress head saw,
 with its group-relative advantages over the G rollouts of a (start frame, instruction); the step
 ``lr * mean(adv * eps) / sigma`` is folded into the head's output layer (the adapter is affine on
 the chunk's mean), so the policy file keeps its format and the next update explores around the new
@@ -34,6 +35,21 @@ class VLAPGPEConfig:
     lr: float = 0.5       # step per unit of the PGPE gradient mean(adv * eps) / sigma
     group: int = 8        # G rollouts per (start frame, instruction); even (antithetic pairs)
     shared: bool = False  # one gain and bias per action dimension, shared over the chunk
+    fitness: str = "success"  # "success": the binary outcome; "progress": success - closest distance / progress_scale
+    progress_scale: float = 100.0  # world units of closest distance worth one success (fitness "progress")
+
+
+PGPE_FITNESS = ("success", "progress")
+
+
+def pgpe_fitness(success: torch.Tensor, closest: torch.Tensor, cfg: VLAPGPEConfig) -> torch.Tensor:
+    """A rollout's fitness (B,) from its binary ``success`` (B,) and its ``closest`` distance (B,) of the T to
+    the instructed target (world units): the success alone, or with ``"progress"`` minus the closest distance
+    in units of ``progress_scale`` (every group of rollouts then ranks its adapters, not only groups that mix
+    successes and failures)."""
+    if cfg.fitness == "success":
+        return success.float()
+    return success.float() - closest.float() / cfg.progress_scale
 
 
 def expand_adapter(theta: torch.Tensor, chunk: int, action_dim: int, shared: bool) -> torch.Tensor:
@@ -76,6 +92,10 @@ class VLAPGPE:
             raise ValueError(f"pgpe.group must be even and >= 2 (antithetic pairs), got {cfg.group}")
         if cfg.sigma <= 0:
             raise ValueError(f"pgpe.sigma must be > 0, got {cfg.sigma}")
+        if cfg.fitness not in PGPE_FITNESS:
+            raise ValueError(f"pgpe.fitness must be one of {PGPE_FITNESS}, got {cfg.fitness!r}")
+        if cfg.progress_scale <= 0:
+            raise ValueError(f"pgpe.progress_scale must be > 0 (world units), got {cfg.progress_scale}")
         self.policy, self.cfg = policy, cfg
         a = policy.cfg.action_dim
         self.params = 2 * a if cfg.shared else 2 * policy.cfg.chunk * a
@@ -93,7 +113,8 @@ class VLAPGPE:
         return eps, self.expand(self.cfg.sigma * eps)
 
     def update(self, eps: torch.Tensor, outcome: torch.Tensor) -> dict[str, float]:
-        """One PGPE step from the binary outcomes (B,) of rollouts run with ``sample``'s adapters."""
+        """One PGPE step from the fitness (B,) of rollouts run with ``sample``'s adapters (:func:`pgpe_fitness`;
+        higher is better)."""
         if eps.shape != (outcome.shape[0], self.params):
             raise ValueError(f"eps must be ({outcome.shape[0]}, {self.params}), got {tuple(eps.shape)}")
         adv = group_advantages(outcome.float().cpu(), self.cfg.group)

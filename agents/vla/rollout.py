@@ -78,7 +78,8 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     """Run ``len(seeds)`` real episodes in lockstep (each ends at its first success unless
     ``stop_on_success`` is False, then after ``max_steps``). Returns ``success`` (N,) bool (the
     region was reached), ``steps`` (N,) actions taken until the first success (or all of them),
-    ``final_distance`` (N,) world units, ``rows`` (frame-store rows, episode i = env i) and
+    ``final_distance`` and ``closest_distance`` (N,) world units (the T's centroid to the instructed
+target at the end, and the closest it came), ``rows`` (frame-store rows, episode i = env i) and
     ``frames`` (frames_of, T, H, W, 3) uint8 of the first ``frames_of`` envs (padded with their last frame)."""
     from tqdm import tqdm
 
@@ -93,6 +94,7 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     done = np.zeros(n, bool)
     success = np.zeros(n, bool)
     steps = np.zeros(n, int)
+    closest = np.array([region_distance(info["block_pose"], tg) for info, tg in zip(infos, targets)])
     t = np.zeros(n, int)
     queue: list[list[np.ndarray]] = [[] for _ in range(n)]
     frames: list[list[np.ndarray]] = [[o["pixels"]] for o in obs[:frames_of]]
@@ -121,7 +123,9 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
             t[i] += 1
             if not success[i]:
                 steps[i] = t[i]
-            success[i] |= bool(region_distance(infos[i]["block_pose"], targets[i]) < radius)
+            dist = region_distance(infos[i]["block_pose"], targets[i])
+            closest[i] = min(closest[i], dist)
+            success[i] |= bool(dist < radius)
             if i < frames_of:
                 frames[i].append(obs[i]["pixels"])
             if (success[i] and stop_on_success) or t[i] >= max_steps:
@@ -138,7 +142,8 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     final = np.array([region_distance(infos[i]["block_pose"], targets[i]) for i in range(n)])
     t_max = max((len(f) for f in frames), default=0)
     vid = np.stack([np.stack(f + [f[-1]] * (t_max - len(f))) for f in frames]) if frames else np.zeros((0,), np.uint8)
-    return {"success": success, "steps": steps, "final_distance": final, "rows": flat, "frames": vid}
+    return {"success": success, "steps": steps, "final_distance": final, "closest_distance": closest, "rows": flat,
+            "frames": vid}
 
 
 class SimulatorImagination:
