@@ -1,7 +1,8 @@
 """Parameter-space exploration on a VLA's action chunk: does RL at this budget find a better policy? (issue 8)
 
-    OMP_NUM_THREADS=1 python -m benchmarks.vla_pgpe_ceiling POLICY                  # 16 numbers: a gain and a bias per chunk entry
-    OMP_NUM_THREADS=1 python -m benchmarks.vla_pgpe_ceiling POLICY --shared --lr 0.3  # 4 numbers: per action dimension
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_pgpe_ceiling POLICY                      # 16 numbers: a gain and a bias per chunk entry
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_pgpe_ceiling POLICY --shared --lr 0.3      # 4 numbers: per action dimension
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_pgpe_ceiling POLICY --fitness success --lr 0.5  # the binary outcome alone
 
 PPO and GRPO explore with action noise and move every weight (``benchmarks/vla_rl_ceiling.py``:
 flat at 467 k env steps even with an oracle reward in the real physics). Here the warm start is
@@ -39,12 +40,14 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=12)
     p.add_argument("--starts", type=int, default=16, help="starts (seed, instruction) per update")
     p.add_argument("--group", type=int, default=8, help="rollouts per start (even: antithetic pairs)")
-    p.add_argument("--sigma", type=float, default=0.2, help="exploration std of the adapter's numbers")
-    p.add_argument("--lr", type=float, default=0.5, help="step per unit of the PGPE gradient mean(adv * eps) / sigma")
+    default = VLAPGPEConfig()
+    p.add_argument("--sigma", type=float, default=default.sigma, help="exploration std of the adapter's numbers")
+    p.add_argument("--lr", type=float, default=default.lr, help="step per unit of the PGPE gradient mean(adv * eps) / sigma")
     p.add_argument("--shared", action="store_true", help="one gain and bias per action dimension, shared over the chunk")
-    p.add_argument("--fitness", choices=PGPE_FITNESS, default="success",
-                   help="success: the binary outcome; progress: success - closest distance / --progress-scale")
-    p.add_argument("--progress-scale", type=float, default=100.0, help="world units of closest distance worth one success")
+    p.add_argument("--fitness", choices=PGPE_FITNESS, default=default.fitness,
+                   help="progress: success - closest distance / --progress-scale; success: the binary outcome")
+    p.add_argument("--progress-scale", type=float, default=default.progress_scale,
+                   help="world units of closest distance worth one success")
     p.add_argument("--episodes", type=int, default=100, help="real evaluation episodes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -261,7 +261,7 @@ def test_pgpe_progress_fitness_ranks_every_group():
     closest = closest_distance(roll)
     assert torch.equal(closest, torch.tensor([90.0, 120.0, 200.0, 180.0]))
     success = torch.zeros(4)
-    binary, progress = VLAPGPEConfig(), VLAPGPEConfig(fitness="progress", progress_scale=100.0)
+    binary, progress = VLAPGPEConfig(fitness="success"), VLAPGPEConfig(fitness="progress", progress_scale=100.0)
     assert torch.equal(pgpe_fitness(success, closest, binary), success)  # no success: no signal
     fit = pgpe_fitness(success, closest, progress)
     assert torch.allclose(fit, torch.tensor([-0.9, -1.2, -2.0, -1.8]))
