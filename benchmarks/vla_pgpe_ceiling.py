@@ -10,10 +10,11 @@ kept and RL moves an *action adapter* only, ``u' = u * exp(g) + b`` on the deter
 ``u`` (B, chunk * A), explored in parameter space (:class:`agents.vla.pgpe.VLAPGPE`, PGPE, Sehnke et
 al. 2010): every rollout draws its own adapter ``sigma * eps`` around the current policy (antithetic
 pairs), rolls the *deterministic* policy out with it, and the step ``lr * mean(adv * eps) / sigma``
-with GRPO's group-relative advantages of the binary outcome (G rollouts per start and instruction;
-``--fitness progress``: minus the closest distance of the T to the target as well) is folded into the policy's output layer. Rollouts
-run in gym-pusht's physics and are scored by the true success (the T's centroid within the radius
-of the instructed target within 150 steps), so like ``vla_rl_ceiling`` this measures the RL alone.
+with group-relative advantages of the rollouts' fitness (G rollouts per start and instruction) is
+folded into the policy's output layer. Rollouts run in gym-pusht's physics and are scored by the
+true success (the T's centroid within the radius of the instructed target within 150 steps) minus
+the closest true distance / 100 (``--fitness progress``, the default; ``success``: the success
+alone), so like ``vla_rl_ceiling`` this measures the RL alone.
 Prints the training curve and the deterministic real success before / after (100 episodes, seeds
 20000-20099, variant i mod 5).
 """

@@ -8,10 +8,11 @@ exploration") keeps the warm start and explores a small *action adapter* on its 
     u' = u * exp(g) + b        u, g, b: (chunk * A,)   (g = b = 0: the policy as it is)
 
 with one adapter per rollout, ``theta = sigma * eps`` around the current policy (antithetic pairs
-``eps``, ``-eps``), so every rollout is the deterministic policy the evaluation runs. The outcome
-is GRPO's binary one (the success heads say success, confidently, before the model diverged),
-or with ``fitness="progress"`` that minus the closest distance to the target the progress head saw,
-with its group-relative advantages over the G rollouts of a (start frame, instruction); the step
+``eps``, ``-eps``), so every rollout is the deterministic policy the evaluation runs. A rollout's fitness
+is GRPO's binary outcome (the success heads say success, confidently, before the model diverged)
+minus the closest distance to the target the progress head saw (``fitness="progress"``, the default;
+``"success"``: the outcome alone), with group-relative advantages over the G rollouts of a (start
+frame, instruction); the step
 ``lr * mean(adv * eps) / sigma`` is folded into the head's output layer (the adapter is affine on
 the chunk's mean), so the policy file keeps its format and the next update explores around the new
 policy. ``shared`` ties g and b over the chunk's steps (2 * A numbers instead of 2 * chunk * A).
@@ -112,16 +113,16 @@ class VLAPGPE:
         eps = torch.cat([half, -half], 1).flatten(0, 1)
         return eps, self.expand(self.cfg.sigma * eps)
 
-    def update(self, eps: torch.Tensor, outcome: torch.Tensor) -> dict[str, float]:
+    def update(self, eps: torch.Tensor, fitness: torch.Tensor) -> dict[str, float]:
         """One PGPE step from the fitness (B,) of rollouts run with ``sample``'s adapters (:func:`pgpe_fitness`;
         higher is better)."""
-        if eps.shape != (outcome.shape[0], self.params):
-            raise ValueError(f"eps must be ({outcome.shape[0]}, {self.params}), got {tuple(eps.shape)}")
-        adv = group_advantages(outcome.float().cpu(), self.cfg.group)
+        if eps.shape != (fitness.shape[0], self.params):
+            raise ValueError(f"eps must be ({fitness.shape[0]}, {self.params}), got {tuple(eps.shape)}")
+        adv = group_advantages(fitness.float().cpu(), self.cfg.group)
         step = self.cfg.lr * (adv[:, None] * eps).mean(0) / self.cfg.sigma
         fold_adapter(self.policy, self.expand(step))
         self.last_step = step
         d = self.params // 2
-        return {"mean_outcome": float(outcome.float().mean()),
-                "informative_groups": informative_groups(outcome, self.cfg.group),
+        return {"mean_fitness": float(fitness.float().mean()),
+                "informative_groups": informative_groups(fitness, self.cfg.group),
                 "gain_step": float(step[:d].exp().mean()), "bias_step_world": float(step[d:].abs().mean()) * self.policy.cfg.action_scale}

@@ -79,7 +79,7 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     ``stop_on_success`` is False, then after ``max_steps``). Returns ``success`` (N,) bool (the
     region was reached), ``steps`` (N,) actions taken until the first success (or all of them),
     ``final_distance`` and ``closest_distance`` (N,) world units (the T's centroid to the instructed
-target at the end, and the closest it came), ``rows`` (frame-store rows, episode i = env i) and
+    target at the end, and the closest it came), ``rows`` (frame-store rows, episode i = env i) and
     ``frames`` (frames_of, T, H, W, 3) uint8 of the first ``frames_of`` envs (padded with their last frame)."""
     from tqdm import tqdm
 
