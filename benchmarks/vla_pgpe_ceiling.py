@@ -92,5 +92,6 @@ def compose(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
     d = len(first) // 2
     return torch.cat([first[:d] + then[:d], first[d:] * then[:d].exp() + then[d:]])
 
+
 if __name__ == "__main__":
     main()

@@ -94,7 +94,7 @@ def rollout_real(act: ActFn, variants: list[PushTVariant], seeds: list[int], max
     done = np.zeros(n, bool)
     success = np.zeros(n, bool)
     steps = np.zeros(n, int)
-    closest = np.array([region_distance(info["block_pose"], tg) for info, tg in zip(infos, targets)])
+    closest = region_distance(np.stack([info["block_pose"] for info in infos]), targets)
     t = np.zeros(n, int)
     queue: list[list[np.ndarray]] = [[] for _ in range(n)]
     frames: list[list[np.ndarray]] = [[o["pixels"]] for o in obs[:frames_of]]
