@@ -273,6 +273,8 @@ def test_decoder_draws_the_object_from_its_pose():
             return float((drawn - to_unit(r["pixels"][:3])).pow(2).mean())
 
         assert render_error(carry["object_pose"][:, -1]) < render_error(model.object_head(carry["latents"][:, -1]))  # fitted
+    world = model.object_pose(carry)  # the carried pose in the agent state's units (x, y, angle)
+    assert world.shape == (3, 3) and torch.allclose(model.norm_object_pose(world), carry["object_pose"][:, -1], atol=1e-5)
     before = carry
     carry, pred = model.imagine(carry, r["agent_pos"][3:6])
     dyn = model.object_dynamics  # the object moves by the object-dynamics head's change

@@ -188,6 +188,7 @@ def test_post_training_step_changes_the_policy(tiny_world, algo, components):
     roll = rollout_imagined(policy, tiny_world, heads, start, lang, decisions=3, keep_frames=2)
     assert roll["pixels"].shape == (4, 8, SIZE, SIZE, 3) and roll["u"].shape == (3, 8, 4)
     assert roll["video"].shape == (2, 3 * 2 + 1, SIZE, SIZE, 3)
+    assert "object_pose" not in roll  # this model does not carry the object's pose
     # a reward signal the untrained heads cannot give: half of each group succeeds at the end
     roll["prob"][-1] = torch.tensor([0.9, 0.1] * 4)
     roll["distance"][-1] = torch.tensor([0.0, 300.0] * 4)
@@ -419,6 +420,7 @@ def test_simulator_backend_replays_the_real_episode():
         assert not step["diverged"].any()
         assert np.allclose(carry["obs"][0].numpy(), real["agent_pos"][t + 1], atol=1e-3)
         assert np.abs(carry["pixels"][0].numpy().astype(int) - real["pixels"][t + 1]).mean() < 1.0
+        assert np.allclose(sim.object_pose(carry)[0].numpy(), real["block_pose"][t + 1], atol=1e-3)
     with pytest.raises(ValueError, match="world_model' or 'simulator"):
         pool.imagination(None, "cpu", "physics")
     with pytest.raises(ValueError, match="start index"):

@@ -65,7 +65,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     from agents.vla.policy import VLAConfig, VLAPolicy, load_vla, save_vla
     from agents.vla.ppo import VLAPPOConfig
     from agents.vla.report import write_report
-    from agents.vla.success import SuccessConfig, SuccessEnsemble, calibrate, train_success, variant_distances
+    from agents.vla.success import SuccessConfig, fit_success_heads
     from tasks.pusht import PUSHT_VARIANTS, frame_dataset_meta
     from world_models.checkpoint import load_checkpoint
     from world_models.pixel.frames import FrameStore
@@ -130,15 +130,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     t = time.time()
     real = concat_rows([demos["rows"], before["rows"]])
     targets = np.array([variants[n].target for n in names])
-    dist = variant_distances(real["block_pose"], targets)
-    rng = np.random.default_rng(int(cfg["seed"]))
-    episodes = np.unique(real["episode"])
-    held = rng.permutation(episodes)[: int(round(holdout * len(episodes)))]
-    test_rows = np.isin(real["episode"], held)
-    ens = SuccessEnsemble(size, lang_table.shape[1], succ_cfg).to(dev)
-    px = torch.as_tensor(real["pixels"])
-    succ_train = train_success(ens, px[~test_rows], dist[~test_rows], lang_table, radius, progress=progress)
-    calib = calibrate(ens, px[test_rows], dist[test_rows], lang_table, radius)
+    ens, succ_train, calib = fit_success_heads(real, targets, lang_table, radius, succ_cfg, holdout, dev, progress)
     timing["success_heads_s"] = time.time() - t
     if progress:
         print(f"success heads, held-out real pairs: {calib}", flush=True)

@@ -92,6 +92,10 @@ class PixelImagination:
         first = torch.ones(n, dtype=torch.bool, device=self.device)
         return self.model.observe(self.model.initial(n), obs, obs["agent_pos"], first)
 
+    def object_pose(self, carry: Carry) -> torch.Tensor | None:
+        """The pushed object's pose (B, 3) (x, y, angle rad) the model carries, or None (no object head)."""
+        return self.model.object_pose(carry)
+
     def check_action(self, action: torch.Tensor, batch: int) -> None:
         if action.shape != (batch, self.spec.action_dim):
             raise ValueError(f"actions must have shape ({batch}, {self.spec.action_dim}), got {tuple(action.shape)}")

@@ -192,6 +192,11 @@ class SimulatorImagination:
         obs = [e.reset(options={"reset_to_state": st})[0] for e, st in zip(self.envs, states)]
         return self._frames(obs)
 
+    def object_pose(self, carry: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The T's true pose (n, 3) (x, y, angle rad) in every episode of ``carry``."""
+        bodies = [e.unwrapped.block for e in self.envs[:len(carry["obs"])]]
+        return torch.tensor([[*b.position, b.angle] for b in bodies], dtype=torch.float32, device=self.device)
+
     def step(self, carry: dict[str, torch.Tensor], action: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One physics step of every episode with ``action`` (n, 2) pusher targets (clipped to the table)."""
         a = np.clip(action.detach().cpu().numpy().astype(np.float64), 0.0, WORLD)
@@ -214,13 +219,16 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
     ``log_prob`` (D, B), ``prob`` / ``std`` / ``distance`` / ``flagged`` (D + 1, B) the success
     heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down during the chunk),
-    ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs.
+    ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs, and, when the
+    imagination carries the T's pose (the physics; a world model with an object head), ``object_pose``
+    (D + 1, B, 3) (x, y, angle rad) on those frames.
     """
     b = len(start)
     carry = imagination.start(b, index=start)
     pix, st, us, lps, divs = [carry["pixels"]], [carry["obs"].float()], [], [], []
     video = [carry["pixels"][:keep_frames]]
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
+    poses = [imagination.object_pose(carry)]
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
         out = adapted_sample(policy, img, carry["obs"].float(), lang, deterministic, adapter)
@@ -229,6 +237,7 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
             broken = broken | step["diverged"]
             video.append(carry["pixels"][:keep_frames])
         pix.append(carry["pixels"])
+        poses.append(imagination.object_pose(carry))
         st.append(carry["obs"].float())
         us.append(out["u"])
         lps.append(out["log_prob"])
@@ -236,6 +245,9 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     pixels = torch.stack(pix)
     judged = success.judge(pixels.flatten(0, 1), lang.repeat(decisions + 1, 1))
     shape = (decisions + 1, b)
-    return {"pixels": pixels, "state": torch.stack(st), "u": torch.stack(us), "log_prob": torch.stack(lps),
-            "prob": judged["prob"].view(shape), "std": judged["std"].view(shape), "distance": judged["distance"].view(shape),
-            "flagged": judged["flagged"].view(shape),             "diverged": torch.stack(divs), "video": torch.stack(video, dim=1)}
+    out = {"pixels": pixels, "state": torch.stack(st), "u": torch.stack(us), "log_prob": torch.stack(lps),
+           "prob": judged["prob"].view(shape), "std": judged["std"].view(shape), "distance": judged["distance"].view(shape),
+           "flagged": judged["flagged"].view(shape), "diverged": torch.stack(divs), "video": torch.stack(video, dim=1)}
+    if poses[0] is not None:
+        out["object_pose"] = torch.stack(poses)
+    return out

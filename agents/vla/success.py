@@ -183,6 +183,23 @@ def calibrate(ens: SuccessEnsemble, pixels: torch.Tensor, distance: torch.Tensor
             "distance_mae": float((out["distance"].cpu() - distance.flatten()).abs().mean())}
 
 
+def fit_success_heads(rows: dict[str, np.ndarray], targets: np.ndarray, lang: torch.Tensor, radius: float,
+                      cfg: SuccessConfig, holdout_fraction: float, device: str | torch.device = "cpu",
+                      progress: bool = False) -> tuple[SuccessEnsemble, dict[str, float], dict[str, float]]:
+    """Train an ensemble on real frame rows (``pixels`` (N, H, W, 3) uint8, ``block_pose`` (N, 3), ``episode``
+    (N,)) against the V ``targets`` (V, 2) and instructions ``lang`` (V, L), holding out a share
+    ``holdout_fraction`` of the episodes (drawn with ``cfg.seed``) for :func:`calibrate`. Returns the
+    ensemble, :func:`train_success`'s metrics and the held-out calibration."""
+    dist = variant_distances(rows["block_pose"], targets)
+    episodes = np.unique(rows["episode"])
+    held = np.random.default_rng(cfg.seed).permutation(episodes)[: int(round(holdout_fraction * len(episodes)))]
+    test = torch.as_tensor(np.isin(rows["episode"], held))
+    ens = SuccessEnsemble(rows["pixels"].shape[1], lang.shape[1], cfg).to(device)
+    px = torch.as_tensor(rows["pixels"])
+    train = train_success(ens, px[~test], dist[~test], lang, radius, progress=progress)
+    return ens, train, calibrate(ens, px[test], dist[test], lang, radius)
+
+
 def variant_distances(block_pose: np.ndarray, targets: np.ndarray) -> torch.Tensor:
     """(N, V) world-unit distances of the T's centroid at poses (N, 3) to targets (V, 2) (Push-T)."""
     from tasks.pusht import region_distance

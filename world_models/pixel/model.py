@@ -145,6 +145,14 @@ class PixelWorldModel(WorldModel):
         xy = (pose[..., :2] - self.obs_mid) / self.obs_half
         return torch.cat([xy, pose[..., 2:].cos(), pose[..., 2:].sin()], dim=-1)
 
+    def object_pose(self, carry: Carry) -> torch.Tensor | None:
+        """The pushed object's current pose (B, 3) = (x, y, angle rad) in the agent state's units, as
+        the carry holds it (None for a model without an object head)."""
+        if self.object_head is None:
+            return None
+        p = carry["object_pose"][:, -1]
+        return torch.cat([p[:, :2] * self.obs_half + self.obs_mid, torch.atan2(p[:, 3], p[:, 2])[:, None]], dim=-1)
+
     def fit_object_pose(self, z: torch.Tensor, agent: torch.Tensor, frame: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """Render-and-compare: refine object poses (B, 4) (start: ``pose``) so that the decoder's
         frame of latents ``z`` (B, C, h, w) at normalized agent positions ``agent`` (B, 2) matches
