@@ -177,10 +177,12 @@ def random_policy(seed: int = 0) -> PushPolicy:
 
 
 def collect_pusht(episodes: int, max_steps: int = 150, size: int = 64, seed: int = 0,
-                  progress: bool = True) -> dict[str, np.ndarray]:
+                  progress: bool = True, pixels: bool = True) -> dict[str, np.ndarray]:
     """Record ``episodes`` real Push-T episodes (at most ``max_steps`` actions each) as frame rows
     (see :mod:`world_models.pixel.frames`): ``pixels`` (N, size, size, 3) uint8, ``agent_pos``
     (N, 2), ``action`` (N, 2), ``coverage`` (N,), ``success`` (N,), ``last``, ``episode``, ``step``.
+    ``pixels=False`` renders nothing and leaves ``pixels`` out (state rows, several times faster: what
+    the world model's heads on states learn from).
 
     Each episode draws a behaviour: the scripted pusher on the true block pose with noise std
     in {0, 5, 20, 50, 100} and random-action probability in {0, 0.3}, pushing toward the
@@ -190,10 +192,10 @@ def collect_pusht(episodes: int, max_steps: int = 150, size: int = 64, seed: int
     """
     from tqdm import tqdm
 
-    env = make_pusht_env(size)
+    env = make_pusht_env(size) if pixels else make_pusht_env(size, obs_type="state", render_mode=None)
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {k: [] for k in ("pixels", "agent_pos", "action", "coverage", "success", "last", "episode", "step",
-                                             "block_pose")}
+    fields = ("pixels",) * pixels + ("agent_pos", "action", "coverage", "success", "last", "episode", "step", "block_pose")
+    rows: dict[str, list] = {k: [] for k in fields}
     goals = [GOAL_CENTROID] + [np.array(v.target) for v in PUSHT_VARIANTS.values()]
     for ep in tqdm(range(episodes), desc="collect pusht", disable=not progress):
         if rng.random() < 0.15:
@@ -207,10 +209,12 @@ def collect_pusht(episodes: int, max_steps: int = 150, size: int = 64, seed: int
         coverage, t, finished = float(env.unwrapped._get_coverage()), 0, False
         while True:
             ended = finished or t == max_steps
+            if not pixels:  # state observation: (agent x, y, T x, y, angle)
+                obs = {"agent_pos": np.asarray(obs[:2], np.float32)}
             action = np.zeros(2, np.float32) if ended else policy.act(obs, block_centroid(info["block_pose"]))
-            for k, v in (("pixels", obs["pixels"]), ("agent_pos", obs["agent_pos"]), ("action", action),
-                         ("coverage", coverage), ("success", coverage > SUCCESS_COVERAGE), ("last", ended),
-                         ("episode", ep), ("step", t), ("block_pose", info["block_pose"])):
+            for k, v in (("agent_pos", obs["agent_pos"]), ("action", action), ("coverage", coverage),
+                         ("success", coverage > SUCCESS_COVERAGE), ("last", ended), ("episode", ep), ("step", t),
+                         ("block_pose", info["block_pose"])) + ((("pixels", obs["pixels"]),) if pixels else ()):
                 rows[k].append(v)
             if ended:
                 break

@@ -60,6 +60,7 @@ class PixelWorldModel(WorldModel):
             this many pixels in the object's frame; an object-pose head reads the pose from every
             latent, and every imagined frame is encoded again to give the next context latent, so
             the DiT always continues from a frame whose object has its shape. 0: off.
+        object_dynamics_hidden: width of the object-dynamics head (an MLP on poses and agent states).
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -72,7 +73,7 @@ class PixelWorldModel(WorldModel):
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
                  agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
-                 decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0):
+                 decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0, object_dynamics_hidden: int = 256):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -89,7 +90,7 @@ class PixelWorldModel(WorldModel):
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
                             agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius,
-                            decoder_object_extent=decoder_object_extent)
+                            decoder_object_extent=decoder_object_extent, object_dynamics_hidden=object_dynamics_hidden)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -107,7 +108,7 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
-        self.object_dynamics = ObjectDynamicsHead(self.k) if decoder_object_extent else None
+        self.object_dynamics = ObjectDynamicsHead(self.k, object_dynamics_hidden) if decoder_object_extent else None
         self.pose_fit_steps, self.pose_fit_lr = 40, 0.02  # render-and-compare at observe (fit_object_pose; run 10)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
@@ -405,6 +406,37 @@ class PixelWorldModel(WorldModel):
             loss = loss + moved
             out["object_change_mse"] = moved.detach()
         return {"loss": loss, **out}
+
+    def roll_object(self, poses: torch.Tensor, states: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        """The object-dynamics head fed its own output for H steps: from the last K normalized object
+        poses (B, K, 4), the normalized agent positions (B, K + H, S) and the normalized actions that led
+        to them (B, K + H, A), the poses (B, H, 4) after each step (as :meth:`imagine` moves the object)."""
+        k, out = self.k, []
+        for t in range(states.shape[1] - k):
+            change = self.object_dynamics(poses, states[:, t:t + k + 1], acts[:, t:t + k + 1])
+            new = self.object_dynamics.step(poses[:, -1], change)
+            poses = torch.cat([poses[:, 1:], new[:, None]], dim=1)
+            out.append(new)
+        return torch.stack(out, dim=1)
+
+    def object_rollout_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Multi-step loss of the object-dynamics head on windows of K + H rows (H >= 1): the head rolls
+        the object H steps from the K true poses on its own predictions (true agent positions and
+        actions) and every step's pose error (dx, dy, d-angle in units of its ``SCALE``) is penalised
+        where the window is inside its episode. Teaches the head to keep its compounding error small,
+        as RWM's autoregressive training does for state models; H = 1 is the one-step loss."""
+        if self.object_head is None:
+            raise ValueError("object_rollout_loss needs a model whose decoder draws the object (decoder_object_extent > 0)")
+        poses = self._object_poses(batch)
+        k = self.k
+        if poses.shape[1] <= k:
+            raise ValueError(f"object_rollout_loss needs windows of K + H > K = {k} rows, got {poses.shape[1]}")
+        states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
+        pred = self.roll_object(poses[:, :k], states, acts)
+        err = (self.object_dynamics.change(pred, poses[:, k:]) / self.object_dynamics.SCALE).pow(2).sum(-1)  # (B, H)
+        valid = batch["valid"][:, k:].float()
+        loss = (err * valid).sum() / valid.sum().clamp_min(1.0) / 3
+        return {"loss": loss, "object_rollout_mse": loss.detach()}
 
     def _check_window(self, length: int) -> None:
         if length != self.k + 1:

@@ -44,6 +44,10 @@ class PixelTrainConfig:
     state_head_steps: int = 12000  # heads on states only (agent, object dynamics): small MLPs, cheap steps
     state_head_batch: int = 256
     state_head_lr: float = 1e-3
+    object_rollout_steps: int = 0  # then the object-dynamics head on its own H-step rollouts (object_rollout_loss); 0: none
+    object_rollout_horizon: int = 16  # H, steps the head is fed its own output
+    object_rollout_batch: int = 128
+    object_rollout_lr: float = 3e-4
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -193,35 +197,52 @@ def _fit_tokenizer(model: PixelWorldModel, tr: dict[str, torch.Tensor], params: 
 
 
 def train_dynamics(model: PixelWorldModel, train: dict[str, Any], cfg: PixelTrainConfig, fit_stats: bool = False,
-                   progress: bool = True) -> dict[str, float]:
-    """Stage 2 alone, the tokenizer frozen, in three parts with their own steps, batch, AdamW,
-    cosine schedule and gradient clip: the DiT's flow loss (``cfg.dynamics_*``), the heads on
-    latents (``cfg.head_*``: coverage, object pose) and the heads on states (``cfg.state_head_*``:
-    agent, object dynamics). No head reads the DiT's output, and under the DiT's schedule and clip
-    they did not learn (run 8 in BENCHMARKS.md); the state heads are cheap MLPs that need many
-    samples (run 9). ``fit_stats`` refits the latent normalization (a fresh model); without it the
-    trained model's units are kept, so this also fine-tunes a trained model on new rows. Returns
-    the final losses and ``dynamics_seconds``."""
+                   progress: bool = True, state_rows: dict[str, Any] | None = None) -> dict[str, float]:
+    """Stage 2 alone, the tokenizer frozen, in parts with their own steps, batch, AdamW, cosine
+    schedule and gradient clip: the DiT's flow loss (``cfg.dynamics_*``), the heads on latents
+    (``cfg.head_*``: coverage, object pose), the heads on states (``cfg.state_head_*``: agent,
+    object dynamics) and, with ``cfg.object_rollout_steps``, the object-dynamics head on its own
+    multi-step rollouts (``cfg.object_rollout_*``). No head reads the DiT's output, and under the
+    DiT's schedule and clip they did not learn (run 8 in BENCHMARKS.md); the state heads are cheap
+    MLPs that need many samples (run 9): ``state_rows`` (rows of real episodes without ``pixels``,
+    e.g. ``collect_pusht(..., pixels=False)``) join ``train``'s rows for them. Frames are encoded
+    only when the DiT or the latent heads train. ``fit_stats`` refits the latent normalization (a
+    fresh model); without it the trained model's units are kept, so this also fine-tunes a trained
+    model on new rows. Returns the final losses and ``dynamics_seconds``."""
     torch.manual_seed(cfg.seed)
     tr = _rows(train)
     dev = model.latent_mean.device
     t0 = time.time()
-    latents_tr = encode_rows(model, tr)
-    if fit_stats:
-        model.fit_latent_stats(latents_tr, tr["episode"])
     fields = ("agent_pos", "action", "coverage", "episode") + (("block_pose",) if model.object_head is not None else ())
-    windows = FrameWindows({**{k: tr[k] for k in fields}, "latents": latents_tr},
-                           context=model.k, future=1, seed=cfg.seed)
+    windows = None
+    if cfg.dynamics_steps or cfg.head_steps or fit_stats:
+        latents_tr = encode_rows(model, tr)
+        if fit_stats:
+            model.fit_latent_stats(latents_tr, tr["episode"])
+        windows = FrameWindows({**{k: tr[k] for k in fields}, "latents": latents_tr},
+                               context=model.k, future=1, seed=cfg.seed)
+    states = {k: tr[k] for k in fields}
+    if state_rows is not None:
+        extra = _rows({k: state_rows[k] for k in fields})
+        extra["episode"] = extra["episode"] + int(states["episode"].max()) + 1
+        states = {k: torch.cat([states[k], extra[k].to(states[k].dtype)]) for k in fields}
+    state_windows = FrameWindows(states, context=model.k, future=1, seed=cfg.seed)
     model.train()
-    parts = [("dynamics", [model.dit], model.flow_loss, cfg.dynamics_steps, cfg.dynamics_batch, cfg.dynamics_lr),
+    parts = [("dynamics", [model.dit], model.flow_loss, cfg.dynamics_steps, cfg.dynamics_batch, cfg.dynamics_lr, windows),
              ("latent heads", [model.coverage_head, model.object_head], model.latent_head_loss, cfg.head_steps,
-              cfg.head_batch, cfg.head_lr),
+              cfg.head_batch, cfg.head_lr, windows),
              ("state heads", [model.agent_head, model.object_dynamics], model.state_head_loss, cfg.state_head_steps,
-              cfg.state_head_batch, cfg.state_head_lr)]
+              cfg.state_head_batch, cfg.state_head_lr, state_windows)]
+    if cfg.object_rollout_steps and model.object_head is not None:
+        rollouts = FrameWindows(states, context=model.k, future=cfg.object_rollout_horizon, seed=cfg.seed)
+        parts.append(("object rollouts", [model.object_dynamics], model.object_rollout_loss, cfg.object_rollout_steps,
+                      cfg.object_rollout_batch, cfg.object_rollout_lr, rollouts))
     out: dict[str, torch.Tensor] = {}
-    for desc, modules, loss, steps, batch, lr in parts:  # each part runs to the end before the next
+    for desc, modules, loss, steps, batch, lr, source in parts:  # each part runs to the end before the next
+        if not steps:
+            continue
         params = [p for m in modules if m is not None for p in m.parameters()]
-        out.update(_fit(params, lambda: loss({k: v.to(dev) for k, v in windows.sample(batch).items()}),
+        out.update(_fit(params, lambda: loss({k: v.to(dev) for k, v in source.sample(batch).items()}),
                         steps, lr, cfg.grad_clip, desc, progress))
     out.pop("loss", None)
     model.eval()
@@ -305,3 +326,31 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
            "coverage": r["coverage"][future], "coverage_pred": torch.stack(cov_pred, dim=1),
            "agent_error": (torch.stack(agent_pred, dim=1) - r["agent_pos"][future].float()).norm(dim=-1)}
     return {k: v.cpu() for k, v in out.items()}
+
+
+@torch.no_grad()
+def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts: int = 256,
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """The object-dynamics head alone, open loop on held-out rows (``block_pose`` needed): from the K
+    true poses up to a start row, :meth:`PixelWorldModel.roll_object` over ``horizon`` steps with the real
+    agent positions and actions. Returns ``position_error`` (S, horizon) world units (the object's
+    position) and ``angle_error`` (S, horizon) radians, beside ``still_position_error`` /
+    ``still_angle_error``: the errors of predicting no motion (the floor to beat)."""
+    if model.object_head is None:
+        raise ValueError("object_open_loop needs a model whose decoder draws the object (decoder_object_extent > 0)")
+    r = _rows(rows)
+    start = start_rows(r["episode"], horizon, starts, seed)
+    windows = FrameWindows({k: r[k] for k in ("agent_pos", "action", "episode", "block_pose")}, context=model.k, future=horizon)
+    w = {k: v.to(model.latent_mean.device) for k, v in windows.window(start).items()}
+    poses = model.norm_object_pose(w["block_pose"].float())
+    k = model.k
+    pred = model.roll_object(poses[:, :k], model.norm_obs(w["agent_pos"].float()), model.norm_action(w["prev_action"].float()))
+
+    def errors(guess: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = model.object_dynamics.change(guess, poses[:, k:])
+        return (d[..., :2] * model.obs_half).norm(dim=-1).cpu(), d[..., 2].abs().cpu()
+
+    pos, ang = errors(pred)
+    still_pos, still_ang = errors(poses[:, k - 1:k].expand_as(pred))
+    return {"position_error": pos, "angle_error": ang, "still_position_error": still_pos, "still_angle_error": still_ang}
+
