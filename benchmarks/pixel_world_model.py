@@ -83,7 +83,7 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
         if not missing:
             cfg.object_decoder_steps = 0
         earlier = read_config(tokenizer_from)["extra"]["metrics"]["tokenizer_seconds"]
-    metrics = train_pixel_model(model, tr, va, cfg)
+    metrics = train_pixel_model(model, tr, va, cfg, state_rows=_state_rows(run, seed, task_cfg))
     if tokenizer_from:
         metrics.update(tokenizer_from=str(tokenizer_from), tokenizer_seconds=earlier + metrics["tokenizer_seconds"])
     metrics["train_seconds"] = metrics["tokenizer_seconds"] + metrics["dynamics_seconds"]
@@ -94,6 +94,58 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
                     tensors={"start/pixels": torch.as_tensor(data["pixels"][first]),
                              "start/agent_pos": torch.as_tensor(data["agent_pos"][first])})
     print(json.dumps(metrics, indent=2))
+
+
+def _state_rows(run: Path, seed: int, task_cfg: dict) -> dict[str, np.ndarray] | None:
+    """Real Push-T episodes without frames for the heads on states (``collect.state_episodes`` of
+    them, collected into ``run/states.npz`` first if missing; None when the config asks for none)."""
+    from tasks.pusht import collect_pusht
+
+    episodes = int(task_cfg["collect"].get("state_episodes", 0))
+    if not episodes:
+        return None
+    path = run / "states.npz"
+    if not path.exists():
+        t0 = time.time()
+        rows = collect_pusht(episodes, max_steps=150, seed=seed + 1, pixels=False)
+        run.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **rows)
+        print(f"collected {len(rows['step'])} state rows in {time.time() - t0:.0f} s")
+    with np.load(path) as z:
+        return dict(z)
+
+
+def refine_objects(run: Path, seed: int, source: str) -> None:
+    """A fresh object-dynamics head (the config's ``object_dynamics_hidden``) on a trained checkpoint
+    ``source``: the heads on states train on the run's rows plus its state rows, then the head on its
+    own rollouts (``object_rollout_*``); the tokenizer, DiT and latent heads are kept. Saved to
+    ``run/world_model``; prints the object's open-loop error (held-out episodes) before and after."""
+    from world_models.pixel.training import object_open_loop
+
+    model_cfg, task_cfg = load_cfg()
+    data, tr, va, _ = _frames(run, seed, model_cfg, task_cfg)
+    old, extra, tensors = load_checkpoint(source)
+    torch.manual_seed(seed)
+    model = build_model("pixel_dit", old.spec, **{**old.config(), "object_dynamics_hidden": model_cfg["params"]["object_dynamics_hidden"]})
+    kept = {k: v for k, v in old.state_dict().items() if not k.startswith("object_dynamics.")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith("object_dynamics.") for k in missing):
+        raise ValueError(f"{source} does not match the config's model: missing {missing}, unexpected {unexpected}")
+    cfg = PixelTrainConfig(**{**model_cfg["train"], "dynamics_steps": 0, "head_steps": 0}, seed=seed + 2)
+    more = train_dynamics(model, tr, cfg, state_rows=_state_rows(run, seed, task_cfg))
+    res = {}
+    for name, m in (("before", old), ("after", model)):
+        o = object_open_loop(m.eval(), va, 64, starts=512, seed=seed)
+        res[name] = {f"h{h}": [float(o["position_error"][:, h - 1].mean()), float(o["angle_error"][:, h - 1].mean())]
+                     for h in (1, 4, 8, 16, 32, 64)}
+    res["still"] = {f"h{h}": [float(o["still_position_error"][:, h - 1].mean()), float(o["still_angle_error"][:, h - 1].mean())]
+                    for h in (1, 4, 8, 16, 32, 64)}
+    metrics = {**extra["metrics"], "objects_from": str(source), "object_seconds": more["dynamics_seconds"], "object_open_loop": res}
+    save_checkpoint(model, run / "world_model", extra={**extra, "metrics": metrics}, tensors=tensors)
+    print("| object open loop, held-out (position world units / angle rad) | " + " | ".join(f"h={h}" for h in (1, 4, 8, 16, 32, 64))
+          + " |\n|---|" + "---|" * 6)
+    for name, v in res.items():
+        print(f"| {name} | " + " | ".join(f"{a:.1f} / {b:.2f}" for a, b in v.values()) + " |")
 
 
 def continue_training(run: Path, seed: int, source: str, steps: int | None) -> None:
@@ -369,7 +421,7 @@ def print_tables(res: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["train", "eval", "oracles", "tokenizer"])
+    p.add_argument("phase", choices=["train", "objects", "eval", "oracles", "tokenizer"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-from", default=None, help="train: reuse the tokenizer of this checkpoint (skips stage 1)")
@@ -380,7 +432,8 @@ def main() -> None:
     p.add_argument("--tokenizer-channels", type=int, nargs=4, default=None, help="tokenizer: stem and stage widths (default: the config's)")
     p.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer: training steps (default: the config's)")
     p.add_argument("--tag", default="", help="tokenizer: suffix of the result file and checkpoint folder")
-    p.add_argument("--continue-from", default=None, help="train: more DiT steps on this trained checkpoint (same data)")
+    p.add_argument("--continue-from", default=None, help="train: more DiT steps on this trained checkpoint (same data); "
+                                                          "objects: the checkpoint whose object-dynamics head is replaced")
     p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="train, tokenizer: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
@@ -399,6 +452,10 @@ def main() -> None:
             continue_training(Path(args.run), args.seed, args.continue_from, args.dynamics_steps)
         else:
             train(Path(args.run), args.seed, args.tokenizer_from, overrides)
+    elif args.phase == "objects":
+        if not args.continue_from:
+            p.error("objects needs --continue-from CHECKPOINT")
+        refine_objects(Path(args.run), args.seed, args.continue_from)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag,
                         overrides)

@@ -421,7 +421,8 @@ def test_loop_collects_and_trains_pusht(tmp_path):
         "model.val_fraction=0.5", "model.history=2", "model.train.tokenizer_steps=2", "model.train.dynamics_steps=2",
         "model.train.tokenizer_batch=2", "model.train.dynamics_batch=2", "model.train.object_decoder_steps=2",
         "model.train.head_batch=2", "model.train.head_steps=2",
-        "model.train.state_head_steps=2", "model.train.state_head_batch=2", "model.params.dim=16", "model.params.depth=1",
+        "model.train.state_head_steps=2", "model.train.state_head_batch=2", "model.train.object_rollout_steps=2",
+        "model.train.object_rollout_batch=2", "model.params.dim=16", "model.params.depth=1",
         "model.params.heads=2", "model.params.tokenizer_channels=[8,8,8,8]", "model.params.latent_channels=4",
     ])
     run_collect(cfg)  # collect.steps // 151 = one episode of up to 150 actions ...

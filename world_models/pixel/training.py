@@ -142,15 +142,16 @@ def _rows(data: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def train_pixel_model(model: PixelWorldModel, train: dict[str, Any], val: dict[str, Any], cfg: PixelTrainConfig,
-                      progress: bool = True) -> dict[str, float]:
+                      progress: bool = True, state_rows: dict[str, Any] | None = None) -> dict[str, float]:
     """Train ``model`` on frame rows (see :mod:`world_models.pixel.frames`), in place: the
-    tokenizer (:func:`train_tokenizer`), then the DiT and heads (:func:`train_dynamics`).
+    tokenizer (:func:`train_tokenizer`), then the DiT and heads (:func:`train_dynamics`; ``state_rows``:
+    rows without frames for the heads on states).
 
     Returns metrics: ``tokenizer_psnr`` / ``tokenizer_ssim`` (held-out reconstructions),
     final losses, and wall-clock seconds per stage.
     """
     metrics = train_tokenizer(model, train, val, cfg, progress=progress)
-    metrics.update(train_dynamics(model, train, cfg, fit_stats=True, progress=progress))
+    metrics.update(train_dynamics(model, train, cfg, fit_stats=True, progress=progress, state_rows=state_rows))
     return metrics
 
 
