@@ -5,8 +5,10 @@
     python -m benchmarks.pixel_world_model oracles                   # PSNR of re-rendered frames with the T or the pusher frozen
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model tokenizer --latent-channels 32 --tag _c32   # stage 1 alone, resized
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model train --run R2 --continue-from R1/world_model  # more DiT steps
+    OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model objects --run R2 --continue-from R1/world_model  # a new object-dynamics head
 
-``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise), trains
+``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise) and
+``--state-episodes`` episodes of state rows without frames (``run/states.npz``, for the heads on states), trains
 ``configs/models/pixel_dit.yaml`` and saves the checkpoint with its start frames and the
 held-out episode ids. ``eval`` prints: tokenizer PSNR / SSIM, open-loop PSNR / SSIM at
 horizons 1, 8, 16 on held-out episodes, coverage-head calibration, policy evaluation in
@@ -63,7 +65,8 @@ def _frames(run: Path, seed: int, model_cfg: dict, task_cfg: dict) -> tuple[dict
     return data, tr, va, spec
 
 
-def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: dict[str, Any] | None = None,
+          state_episodes: int = 0) -> None:
     model_cfg, task_cfg = load_cfg()
     model_cfg["params"].update(overrides or {})
     data, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
@@ -83,7 +86,7 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
         if not missing:
             cfg.object_decoder_steps = 0
         earlier = read_config(tokenizer_from)["extra"]["metrics"]["tokenizer_seconds"]
-    metrics = train_pixel_model(model, tr, va, cfg, state_rows=_state_rows(run, seed, task_cfg))
+    metrics = train_pixel_model(model, tr, va, cfg, state_rows=_state_rows(run, seed, state_episodes))
     if tokenizer_from:
         metrics.update(tokenizer_from=str(tokenizer_from), tokenizer_seconds=earlier + metrics["tokenizer_seconds"])
     metrics["train_seconds"] = metrics["tokenizer_seconds"] + metrics["dynamics_seconds"]
@@ -96,12 +99,11 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
     print(json.dumps(metrics, indent=2))
 
 
-def _state_rows(run: Path, seed: int, task_cfg: dict) -> dict[str, np.ndarray] | None:
-    """Real Push-T episodes without frames for the heads on states (``collect.state_episodes`` of
-    them, collected into ``run/states.npz`` first if missing; None when the config asks for none)."""
+def _state_rows(run: Path, seed: int, episodes: int) -> dict[str, np.ndarray] | None:
+    """``episodes`` real Push-T episodes without frames for the heads on states (collected into
+    ``run/states.npz`` first if missing; None for 0)."""
     from tasks.pusht import collect_pusht
 
-    episodes = int(task_cfg["collect"].get("state_episodes", 0))
     if not episodes:
         return None
     path = run / "states.npz"
@@ -115,7 +117,7 @@ def _state_rows(run: Path, seed: int, task_cfg: dict) -> dict[str, np.ndarray] |
         return dict(z)
 
 
-def refine_objects(run: Path, seed: int, source: str) -> None:
+def refine_objects(run: Path, seed: int, source: str, state_episodes: int) -> None:
     """A fresh object-dynamics head (the config's ``object_dynamics_hidden``) on a trained checkpoint
     ``source``: the heads on states train on the run's rows plus its state rows, then the head on its
     own rollouts (``object_rollout_*``); the tokenizer, DiT and latent heads are kept. Saved to
@@ -132,7 +134,7 @@ def refine_objects(run: Path, seed: int, source: str) -> None:
     if unexpected or any(not k.startswith("object_dynamics.") for k in missing):
         raise ValueError(f"{source} does not match the config's model: missing {missing}, unexpected {unexpected}")
     cfg = PixelTrainConfig(**{**model_cfg["train"], "dynamics_steps": 0, "head_steps": 0}, seed=seed + 2)
-    more = train_dynamics(model, tr, cfg, state_rows=_state_rows(run, seed, task_cfg))
+    more = train_dynamics(model, tr, cfg, state_rows=_state_rows(run, seed, state_episodes))
     res = {}
     for name, m in (("before", old), ("after", model)):
         o = object_open_loop(m.eval(), va, 64, starts=512, seed=seed)
@@ -437,6 +439,8 @@ def main() -> None:
     p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="train, tokenizer: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
+    p.add_argument("--state-episodes", type=int, default=2000,
+                   help="train, objects: real episodes without frames for the heads on states (run/states.npz; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (2 = both cores of the reference machine)")
     args = p.parse_args()
     known = load_cfg()[0]["params"]
@@ -451,11 +455,11 @@ def main() -> None:
         if args.continue_from:
             continue_training(Path(args.run), args.seed, args.continue_from, args.dynamics_steps)
         else:
-            train(Path(args.run), args.seed, args.tokenizer_from, overrides)
+            train(Path(args.run), args.seed, args.tokenizer_from, overrides, args.state_episodes)
     elif args.phase == "objects":
         if not args.continue_from:
             p.error("objects needs --continue-from CHECKPOINT")
-        refine_objects(Path(args.run), args.seed, args.continue_from)
+        refine_objects(Path(args.run), args.seed, args.continue_from, args.state_episodes)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag,
                         overrides)
