@@ -335,6 +335,10 @@ def test_object_rollouts_learn_from_state_rows():
     with torch.no_grad():
         one_step = model.state_head_loss(batch)["object_change_mse"]
         assert torch.allclose(model.object_rollout_loss(batch)["object_rollout_mse"], one_step, rtol=1e-3)
+    with pytest.raises(ValueError, match="K \\+ H > K"):  # windows without a step to roll
+        model.object_rollout_loss(FrameWindows(windows.data, context=2, future=0).sample(4))
+    with pytest.raises(ValueError, match="draws the object"):
+        build_model("pixel_dit", spec(), **TINY).object_rollout_loss(batch)
     err = object_open_loop(model, held, horizon=4, starts=32)
     assert err["position_error"].shape == (30, 4)  # every held-out row with 4 successors (5 of 9 per episode)
     assert (err["position_error"].mean(0) < err["still_position_error"].mean(0)).all(), err

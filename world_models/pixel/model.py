@@ -311,9 +311,8 @@ class PixelWorldModel(WorldModel):
         if self.object_head is None:
             pixels = to_uint8(self.tokenizer.decode(z, pos_n))
         else:  # move the object by the object-dynamics head, draw it there, then take the drawn frame's latent as the state
-            change = self.object_dynamics(carry["object_pose"], torch.cat([states, pos_n[:, None]], dim=1),
-                                          torch.cat([acts, a[:, None]], dim=1))
-            pose = self.object_dynamics.step(carry["object_pose"][:, -1], change)
+            pose = self.roll_object(carry["object_pose"], torch.cat([states, pos_n[:, None]], dim=1),
+                                    torch.cat([acts, a[:, None]], dim=1))[:, 0]
             pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose))
             z = self.tokenizer.encode_next(to_unit(pixels), to_unit(carry["pixels"]))
         logit = self.coverage_head(z)
