@@ -130,7 +130,8 @@ def main() -> None:
 
     def roll(imagination) -> dict[str, torch.Tensor]:
         t = time.time()
-        out = rollout_imagined(policy, imagination, heads, start, lang, args.decisions, adapter=adapter)
+        out = rollout_imagined(policy, imagination, heads, start, lang, args.decisions, adapter=adapter,
+                               object_pose=True)
         print(f"  {type(imagination).__name__}: {s * g} rollouts x {args.decisions} calls in {time.time() - t:.0f} s", flush=True)
         return out
 

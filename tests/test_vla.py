@@ -185,7 +185,7 @@ def test_post_training_step_changes_the_policy(tiny_world, algo, components):
     heads = tiny_heads()
     lang = policy.embed([INSTRUCTIONS[i % 5] for i in range(8)])
     start = torch.arange(8) % 6
-    roll = rollout_imagined(policy, tiny_world, heads, start, lang, decisions=3, keep_frames=2)
+    roll = rollout_imagined(policy, tiny_world, heads, start, lang, decisions=3, keep_frames=2, object_pose=True)
     assert roll["pixels"].shape == (4, 8, SIZE, SIZE, 3) and roll["u"].shape == (3, 8, 4)
     assert roll["video"].shape == (2, 3 * 2 + 1, SIZE, SIZE, 3)
     assert "object_pose" not in roll  # this model does not carry the object's pose

@@ -208,7 +208,7 @@ class SimulatorImagination:
 @torch.no_grad()
 def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, start: torch.Tensor, lang: torch.Tensor,
                      decisions: int, deterministic: bool = False, keep_frames: int = 0,
-                     adapter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     adapter: torch.Tensor | None = None, object_pose: bool = False) -> dict[str, torch.Tensor]:
     """Imagine ``decisions`` policy calls (each a chunk of ``policy.cfg.chunk`` steps) from real
     start frames ``start`` (B,) (indices into ``imagination.start_pixels``) under instructions
     ``lang`` (B, L). ``adapter`` (B, 2 * chunk * A): each rollout's action adapter on the deterministic
@@ -219,16 +219,16 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
     ``log_prob`` (D, B), ``prob`` / ``std`` / ``distance`` / ``flagged`` (D + 1, B) the success
     heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down during the chunk),
-    ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs, and, when the
-    imagination carries the T's pose (the physics; a world model with an object head), ``object_pose``
-    (D + 1, B, 3) (x, y, angle rad) on those frames.
+    ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs, and, asked
+    for with ``object_pose`` and when the imagination carries the T's pose (the physics; a world model with an
+    object head), ``object_pose`` (D + 1, B, 3) (x, y, angle rad) on those frames.
     """
     b = len(start)
     carry = imagination.start(b, index=start)
     pix, st, us, lps, divs = [carry["pixels"]], [carry["obs"].float()], [], [], []
     video = [carry["pixels"][:keep_frames]]
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
-    poses = [imagination.object_pose(carry)]
+    poses = [imagination.object_pose(carry) if object_pose else None]
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
         out = adapted_sample(policy, img, carry["obs"].float(), lang, deterministic, adapter)
@@ -237,7 +237,8 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
             broken = broken | step["diverged"]
             video.append(carry["pixels"][:keep_frames])
         pix.append(carry["pixels"])
-        poses.append(imagination.object_pose(carry))
+        if poses[0] is not None:
+            poses.append(imagination.object_pose(carry))
         st.append(carry["obs"].float())
         us.append(out["u"])
         lps.append(out["log_prob"])
