@@ -427,6 +427,38 @@ def test_simulator_backend_replays_the_real_episode():
         sim.start(2, torch.tensor([0, len(real["step"])]))
 
 
+class AlwaysSuccessHeads:
+    """Success heads that call every frame a confident success (the imagined outcome is then the horizon's)."""
+
+    def judge(self, pixels: torch.Tensor, lang: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(pixels)
+        return {"prob": torch.ones(n), "std": torch.zeros(n), "distance": torch.zeros(n),
+                "flagged": torch.zeros(n, dtype=torch.bool)}
+
+
+def test_paired_imagination_separates_heads_errors_from_dynamics_errors():
+    """Real episodes imagined again in the physics from their first frames: with heads that call everything
+    a success, every real failure is a false imagined success, and none of them has the imagination's own T
+    in the region (the physics replays the real episode: its pose never disagrees with the real outcome)."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla.loop import evaluate_real, paired_imagination
+
+    policy = tiny_policy()
+    lang = policy.embed(INSTRUCTIONS)
+    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    probe = evaluate_real(policy, lang, PUSHT_VARIANTS, 10, 300, 1, 1e-3, SIZE)
+    start = region_distance(probe["rows"]["block_pose"][probe["rows"]["step"] == 0], targets[probe["variant"]])
+    radius = float(np.sort(start)[4] + 1.0)  # about half the episodes start inside the region
+    real = evaluate_real(policy, lang, PUSHT_VARIANTS, 10, 300, 4, radius, SIZE)
+    real_h = real["success"] & (real["steps"] <= 4)
+    assert 0 < real_h.sum() < 10
+    out = paired_imagination(policy, None, AlwaysSuccessHeads(), lang, real, 2, radius, targets, "cpu", "simulator")
+    assert out["imagined_successes"] == 10 and out["paired_imagined_success"] == 1.0
+    assert out["imagined_false_success"] == 10 - real_h.sum()
+    assert out["imagined_false_success_pose_agrees"] == 0
+    assert 0 < out["imagined_successes_pose_agrees"] <= real_h.sum()
+
+
 def test_post_training_in_the_simulator_starts_from_explore_std():
     """``post_train`` end to end on the simulator backend (tiny frames): the policy starts from the
     requested exploration std, the updates change it, and the real checks run at the policy's frame size."""
@@ -481,4 +513,7 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
         assert after["episodes"] == 5 and 0.0 <= after["sampled_success_rate"] <= 1.0
         assert (tmp_path / algo / "policy.safetensors").exists()
     assert "sampled chunks" in (tmp_path / "report.md").read_text()
+    paired = saved["algos"]["pgpe"]["after"]["paired"]  # the 5 evaluation episodes imagined again
+    assert 0 <= paired["imagined_false_success_pose_agrees"] <= paired["imagined_false_success"] <= paired["imagined_successes"] <= 5
+    assert "imagined again" in (tmp_path / "report.md").read_text()
     assert set(out["files"]) >= {"report", "success_before_after", "imagined_vs_real"}

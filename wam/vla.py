@@ -61,7 +61,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     from agents.vla.language import InstructionEmbedder
     from agents.vla.pgpe import VLAPGPEConfig
     from agents.vla.loop import (DemoConfig, PostTrainConfig, StartPool, collect_demos, concat_rows, evaluate_real,
-                                 post_train)
+                                 paired_imagination, post_train)
     from agents.vla.policy import VLAConfig, VLAPolicy, load_vla, save_vla
     from agents.vla.ppo import VLAPPOConfig
     from agents.vla.report import write_report
@@ -135,10 +135,20 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     if progress:
         print(f"success heads, held-out real pairs: {calib}", flush=True)
 
+    def paired(pol: VLAPolicy, ev: dict, wm) -> dict:  # the evaluation episodes imagined again in wm: false successes at scale
+        if not cfg["eval"]["paired_imagination"]:
+            return {}
+        t = time.time()
+        out = paired_imagination(pol, wm, ens, lang_table, ev, pt_cfg.decisions, radius, targets, dev,
+                                 pt_cfg.imagination, int(cfg["seed"]))
+        timing["paired_imagination_s"] = timing.get("paired_imagination_s", 0.0) + time.time() - t
+        return out
+
     store = FrameStore(run / "frames", {**frame_dataset_meta(size), "optional_fields": ["block_pose"]}) \
         if not (run / "frames" / "meta.json").exists() else FrameStore(run / "frames")
     results: dict[str, Any] = {"config": cfg, "bc": bc_metrics, "success_train": succ_train, "success_calibration": calib,
-                               "before": {**_summary(before), "sampled_success_rate": sampled_before}, "algos": {}}
+                               "before": {**_summary(before), "sampled_success_rate": sampled_before,
+                                          "paired": paired(policy, before, model)}, "algos": {}}
     videos: dict[str, Any] = {"real_before": before["frames"]}
     for algo in algos:
         pol = copy.deepcopy(policy)
@@ -150,12 +160,14 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
         t = time.time()
         after = real_eval(pol, frames_of=int(cfg["eval"]["gif_episodes"]), progress=progress)
         sampled_after = real_eval(pol, deterministic=False)["success_rate"]
+        eval_after_s = time.time() - t
         checks = [h for h in out["history"] if "real_success" in h]
         imagined = sum(h["imagined_successes"] for h in checks)
         false = sum(h["imagined_false_success"] for h in checks)
-        results["algos"][algo] = {"after": {**_summary(after), "sampled_success_rate": sampled_after},
+        results["algos"][algo] = {"after": {**_summary(after), "sampled_success_rate": sampled_after,
+                                            "paired": paired(pol, after, wm)},
                                   "history": out["history"], "refinements": out["refinements"],
-                                  "post_train_s": out["seconds"], "eval_after_s": time.time() - t,
+                                  "post_train_s": out["seconds"], "eval_after_s": eval_after_s,
                                   "imagined_successes_checked": imagined, "imagined_false_successes": false,
                                   "imagined_false_success_rate": false / imagined if imagined else float("nan")}
         if progress:

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, grpo_outcomes
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, grpo_outcomes, trusted
 from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, pgpe_fitness
 from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import SimulatorImagination, policy_act, rollout_imagined, rollout_real
 from agents.vla.success import SuccessEnsemble
-from tasks.pusht import PushPolicy, PushTVariant, block_centroid
+from tasks.pusht import PushPolicy, PushTVariant, block_centroid, region_distance
 
 
 @dataclass
@@ -266,21 +266,46 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
                variants: dict[str, PushTVariant], cfg: PostTrainConfig, max_steps: int, radius: float, horizon: int,
                device: str | torch.device) -> dict:
     """Real success of the current policy (deterministic, fixed seeds) and, from the same first
-    frames and instructions, the imagined outcome over ``horizon`` steps; ``imagined_false_success``
-    counts episodes imagined as successes whose real episode did not succeed within ``horizon``."""
+    frames and instructions, the imagined outcome (:func:`paired_imagination`); ``rows`` the real rows."""
     real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius,
                          policy.cfg.image_size)
+    targets = np.array([v.target for v in variants.values()])
+    paired = paired_imagination(policy, model, success, lang_table, real, cfg.decisions, radius, targets, device,
+                                cfg.imagination, cfg.seed)
+    return {"real_success": real["success_rate"], **paired, "rows": real["rows"]}
+
+
+def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor, real: dict,
+                       decisions: int, radius: float, targets: np.ndarray, device: str | torch.device,
+                       backend: str = "world_model", seed: int = 0) -> dict:
+    """Imagine the real episodes ``real`` (:func:`evaluate_real`'s output) again: from their first frames, under
+    their instructions, the deterministic chunk for ``decisions`` calls (``horizon`` = decisions x chunk steps),
+    and compare the outcomes episode by episode.
+
+    Returns ``real_success_within_horizon``, ``paired_imagined_success`` (rates), ``imagined_successes`` and
+    ``imagined_false_success`` (imagined successes whose real episode did not succeed within the horizon); when the
+    imagination carries the T's pose (``targets`` (V, 2) the variants' targets, world units), also
+    ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those imagined successes where the
+    imagination's own T was in the region at a frame the heads called a success (a false one of these is the
+    dynamics' error; one without is the heads' error on an imagined frame)."""
     first = StartPool(_first_frames(real["rows"]))
-    imag = first.imagination(model, device, cfg.imagination)
-    imag.seed(cfg.seed)
-    n = cfg.real_check_episodes
-    lang = lang_table[torch.as_tensor(real["variant"])].to(device)
-    roll = rollout_imagined(policy, imag, success, torch.arange(n, device=device), lang, cfg.decisions, deterministic=True)
-    imagined = grpo_outcomes(roll).bool().cpu().numpy()
-    real_h = real["success"] & (real["steps"] <= horizon)
-    return {"real_success": real["success_rate"], "real_success_within_horizon": float(real_h.mean()),
-            "paired_imagined_success": float(imagined.mean()), "imagined_successes": int(imagined.sum()),
-            "imagined_false_success": int((imagined & ~real_h).sum()), "rows": real["rows"]}
+    imag = first.imagination(model, device, backend)
+    imag.seed(seed)
+    n = len(real["success"])
+    vi = torch.as_tensor(real["variant"])
+    roll = rollout_imagined(policy, imag, success, torch.arange(n, device=device), lang_table[vi].to(device), decisions,
+                            deterministic=True, object_pose=True)
+    heads = ((roll["prob"][1:] > 0.5) & trusted(roll)).cpu().numpy()  # (D, n): the frames judged successes
+    imagined = heads.any(0)
+    real_h = real["success"] & (real["steps"] <= decisions * policy.cfg.chunk)
+    out = {"real_success_within_horizon": float(real_h.mean()), "paired_imagined_success": float(imagined.mean()),
+           "imagined_successes": int(imagined.sum()), "imagined_false_success": int((imagined & ~real_h).sum())}
+    if "object_pose" in roll:
+        inside = region_distance(roll["object_pose"][1:].cpu().numpy(), targets[real["variant"]]) < radius  # (D, n)
+        agrees = (heads & inside).any(0)
+        out.update(imagined_successes_pose_agrees=int(agrees.sum()),
+                   imagined_false_success_pose_agrees=int((agrees & ~real_h).sum()))
+    return out
 
 
 def concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

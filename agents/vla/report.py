@@ -85,6 +85,16 @@ def write_report(run: Path, results: dict[str, Any], videos: dict[str, np.ndarra
         lines.append(f"- {a}: imagined successes at the real checks {r['imagined_successes_checked']}, of which real "
                      f"failures {r['imagined_false_successes']} (rate {'n/a' if rate != rate else f'{rate:.2f}'}); "
                      f"post-training {r['post_train_s']:.0f} s; world-model refinements {len(r['refinements'])}.")
+    paired = [(label, s["paired"]) for label, s in bars if s.get("paired")]
+    if paired:
+        lines += ["", "The evaluation episodes imagined again (same first frames, instructions and policy; "
+                  f"{results['config']['post_train']['decisions']} calls):", "",
+                  "| policy | imagined success | real success within the horizon | imagined successes | of them real failures "
+                  "| the model's T in the region too | of them real failures |", "|---" * 7 + "|"]
+        for label, p in paired:
+            lines.append(f"| {label} | {p['paired_imagined_success']:.2f} | {p['real_success_within_horizon']:.2f} | "
+                         f"{p['imagined_successes']} | {p['imagined_false_success']} | "
+                         f"{p.get('imagined_successes_pose_agrees', '–')} | {p.get('imagined_false_success_pose_agrees', '–')} |")
     lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), "",
               "![](success_before_after.png)", "", "![](imagined_vs_real.png)", ""]
     lines += [f"- `{Path(v).name}`" for k, v in files.items() if v.endswith(".gif")]
