@@ -17,7 +17,8 @@ from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, apply_adapter, fold_adapter,
 from agents.vla.policy import VLAConfig, VLAInputError, VLAPolicy, load_vla, save_vla
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import rollout_imagined
-from agents.vla.success import SuccessConfig, SuccessEnsemble, calibrate, train_success, variant_distances
+from agents.vla.success import (SuccessConfig, SuccessEnsemble, calibrate, load_success_heads, save_success_heads, train_success,
+                                variant_distances)
 from tasks.pusht import PUSHT_VARIANTS, MissingExtraError, region_distance
 from world_models import ModelSpec, build_model
 from wam_env.pixels import PixelImagination
@@ -375,6 +376,22 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
     (folder / "policy.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(VLAInputError, match="cannot be loaded"):
         load_vla(folder)
+    # success-head files: round trip with the calibration; foreign, corrupt and missing files are clear errors
+    heads = tiny_heads()
+    with torch.no_grad():
+        heads.prior_shift.fill_(-2.0)
+    px, lg = b["observation.image"], policy.embed(INSTRUCTIONS[:2])
+    folder = save_success_heads(heads, tmp_path / "heads", {"precision": 0.5})
+    again, calibration = load_success_heads(folder)
+    assert calibration == {"precision": 0.5}
+    assert torch.allclose(again.judge(px, lg)["prob"], heads.judge(px, lg)["prob"])
+    with pytest.raises(VLAInputError, match="wam.success_heads"):
+        load_success_heads(tmp_path / "p")  # a policy folder
+    with pytest.raises(VLAInputError, match="not a success-heads folder"):
+        load_success_heads(tmp_path / "nowhere")
+    (folder / "heads.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(VLAInputError, match="cannot be loaded"):
+        load_success_heads(folder)
 
 
 def test_batch_dict_adapter_matches_tensor_path():
@@ -499,13 +516,14 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
 
     from wam.vla import load_vla_config, run_vla_posttrain
 
-    cfg = load_vla_config([f"run_dir={tmp_path}", "model=null", "post_train.imagination=simulator", "env.size=16",
-                           "env.max_steps=12", "demos.episodes_per_variant=1", "demos.max_steps=12", "bc.steps=5",
-                           "success.ensemble=2", "success.steps=5", "eval.episodes=5", "eval.gif_episodes=1",
-                           "post_train.iterations=1", "post_train.rounds=1", "post_train.envs=8", "post_train.decisions=2",
-                           "post_train.real_check_every=1", "post_train.real_check_episodes=5", "post_train.video_envs=1",
-                           "grpo.group=4", "pgpe.group=4", "algos=[ppo,grpo,pgpe]", "policy_cfg.channels=[8,8]",
-                           "policy_cfg.hidden=32", "policy_cfg.lang_hidden=16"])
+    args = [f"run_dir={tmp_path}", "model=null", "post_train.imagination=simulator", "env.size=16",
+            "env.max_steps=12", "demos.episodes_per_variant=1", "demos.max_steps=12", "bc.steps=5",
+            "success.ensemble=2", "success.steps=5", "eval.episodes=5", "eval.gif_episodes=1",
+            "post_train.iterations=1", "post_train.rounds=1", "post_train.envs=8", "post_train.decisions=2",
+            "post_train.real_check_every=1", "post_train.real_check_episodes=5", "post_train.video_envs=1",
+            "grpo.group=4", "pgpe.group=4", "algos=[ppo,grpo,pgpe]", "policy_cfg.channels=[8,8]",
+            "policy_cfg.hidden=32", "policy_cfg.lang_hidden=16"]
+    cfg = load_vla_config(args)
     out = run_vla_posttrain(cfg, progress=False, encode=fake_encode)
     saved = json.loads((tmp_path / "results.json").read_text())
     for algo in ("ppo", "grpo", "pgpe"):
@@ -513,6 +531,17 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
         assert after["episodes"] == 5 and 0.0 <= after["sampled_success_rate"] <= 1.0
         assert (tmp_path / algo / "policy.safetensors").exists()
     assert "sampled chunks" in (tmp_path / "report.md").read_text()
+    # a second run reuses the first run's success heads (and reports their calibration); heads for other frames are refused
+    args = [a for a in args if not a.startswith(("run_dir=", "algos="))] + ["algos=[pgpe]", "eval.paired_imagination=false"]
+    again = run_vla_posttrain(load_vla_config(args + [f"run_dir={tmp_path / 'again'}", f"success_heads={tmp_path / 'success_heads'}"]),
+                              progress=False, encode=fake_encode)
+    assert again["success_calibration"] == saved["success_calibration"] and again["success_train"] == {"loaded": 1.0}
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["before"]["paired"] == {}
+    from wam.config import ConfigError
+
+    with pytest.raises(ConfigError, match="success_heads"):  # before any demo is collected
+        run_vla_posttrain(load_vla_config([a for a in args if not a.startswith("env.size")] + [
+            f"run_dir={tmp_path / 'bad'}", f"success_heads={tmp_path / 'success_heads'}", "env.size=24"]), progress=False, encode=fake_encode)
     paired = saved["algos"]["pgpe"]["after"]["paired"]  # the 5 evaluation episodes imagined again
     assert 0 <= paired["imagined_false_success_pose_agrees"] <= paired["imagined_false_success"] <= paired["imagined_successes"] <= 5
     assert "imagined again" in (tmp_path / "report.md").read_text()

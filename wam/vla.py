@@ -2,7 +2,7 @@
 
 Config: ``configs/vla.yaml`` plus ``key=value`` overrides (dotted, every key must exist);
 short keys ``policy=``, ``model=``, ``task=``, ``algos=``, ``run_dir=`` are top-level keys.
-Writes into ``run_dir``: ``warm_start/`` and ``<algo>/`` policies, ``frames/`` (the loop's real
+Writes into ``run_dir``: ``warm_start/`` and ``<algo>/`` policies, ``success_heads/``, ``frames/`` (the loop's real
 rows, with block pose), ``results.json``, ``report.md``, PNG plots and GIFs.
 """
 
@@ -65,7 +65,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     from agents.vla.policy import VLAConfig, VLAPolicy, load_vla, save_vla
     from agents.vla.ppo import VLAPPOConfig
     from agents.vla.report import write_report
-    from agents.vla.success import SuccessConfig, fit_success_heads
+    from agents.vla.success import SuccessConfig, fit_success_heads, load_success_heads, save_success_heads
     from tasks.pusht import PUSHT_VARIANTS, frame_dataset_meta
     from world_models.checkpoint import load_checkpoint
     from world_models.pixel.frames import FrameStore
@@ -100,6 +100,14 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     names = list(variants)
     lang_table = embedder([variants[n].instruction for n in names])
 
+    loaded_heads = None
+    if cfg["success_heads"]:  # heads of an earlier run, with the calibration measured there
+        loaded_heads = load_success_heads(cfg["success_heads"], dev)
+        heads = loaded_heads[0]
+        if (heads.image_size, heads.lang_dim) != (size, lang_table.shape[1]):
+            raise ConfigError(f"success_heads={cfg['success_heads']} judge {heads.image_size}x{heads.image_size} frames and "
+                              f"{heads.lang_dim}-d instructions, this run has {size}x{size} and {lang_table.shape[1]}-d")
+
     t = time.time()
     demos = collect_demos(variants, demo_cfg, radius, size, progress=progress)
     timing["demos_s"] = time.time() - t
@@ -130,7 +138,11 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     t = time.time()
     real = concat_rows([demos["rows"], before["rows"]])
     targets = np.array([variants[n].target for n in names])
-    ens, succ_train, calib = fit_success_heads(real, targets, lang_table, radius, succ_cfg, holdout, dev, progress)
+    if loaded_heads is not None:
+        (ens, calib), succ_train = loaded_heads, {"loaded": 1.0}
+    else:
+        ens, succ_train, calib = fit_success_heads(real, targets, lang_table, radius, succ_cfg, holdout, dev, progress)
+    save_success_heads(ens, run / "success_heads", calib)
     timing["success_heads_s"] = time.time() - t
     if progress:
         print(f"success heads, held-out real pairs: {calib}", flush=True)
