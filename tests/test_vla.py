@@ -476,6 +476,40 @@ def test_paired_imagination_separates_heads_errors_from_dynamics_errors():
     assert 0 < out["imagined_successes_pose_agrees"] <= real_h.sum()
 
 
+def test_pose_guard_counts_only_successes_the_imagined_pose_confirms(tiny_world):
+    """With heads that call every frame a success, the imagined success is 1 without the guard; with
+    ``post_train.pose_guard`` in the physics it is the true one (the T's pose in the region), and a world
+    model without an object head is refused."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla.loop import PostTrainConfig, StartPool, post_train
+    from agents.vla.rollout import rollout_real
+
+    variants = PUSHT_VARIANTS
+    targets = np.array([v.target for v in variants.values()])
+    rng = np.random.default_rng(0)
+
+    def act(pixels, state, idx, infos):
+        return rng.uniform(100, 400, (len(idx), 1, 2)).astype(np.float32)
+
+    rows = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)["rows"]
+    rate = {}
+    for guard in (False, True):
+        policy = tiny_policy()
+        cfg = PostTrainConfig(iterations=1, rounds=1, envs=8, decisions=2, real_check_every=10, imagination="simulator",
+                              pose_guard=guard)
+        out = post_train(policy, "pgpe", None, AlwaysSuccessHeads(), policy.embed(INSTRUCTIONS), variants,
+                         StartPool(rows, targets), rows, cfg, VLAPPOConfig(), VLAGRPOConfig(), max_steps=8, radius=40.0,
+                         pgpe=VLAPGPEConfig(group=4))
+        rate[guard] = out["history"][0]["imagined_success"]
+    assert rate[False] == 1.0 and rate[True] < 0.5
+    cfg = PostTrainConfig(iterations=1, rounds=1, envs=4, decisions=1, pose_guard=True)
+    policy = tiny_policy()
+    pool = StartPool({"pixels": tiny_world.start_pixels.numpy(), "agent_pos": tiny_world.start_pos.numpy()})
+    with pytest.raises(ValueError, match="pose_guard"):
+        post_train(policy, "pgpe", tiny_world.model, AlwaysSuccessHeads(), policy.embed(INSTRUCTIONS), variants, pool, rows,
+                   cfg, VLAPPOConfig(), VLAGRPOConfig(), max_steps=8, radius=40.0, pgpe=VLAPGPEConfig(group=4))
+
+
 def test_post_training_in_the_simulator_starts_from_explore_std():
     """``post_train`` end to end on the simulator backend (tiny frames): the policy starts from the
     requested exploration std, the updates change it, and the real checks run at the policy's frame size."""

@@ -2,7 +2,8 @@
 
 G rollouts share a start frame and an instruction (a group). Each rollout's outcome is binary:
 1 when the success heads say success, confidently (not flagged by the ensemble's
-disagreement) and before the model diverged, at any policy call, else 0. A rollout's advantage
+disagreement) and before the model diverged (and, with the pose guard, while the model's own T
+is in the region), at any policy call, else 0. A rollout's advantage
 is its outcome minus the group mean over the group std (zero for a group that all agree);
 every call of the rollout carries it. Clipped surrogate plus a k3 KL estimate to the frozen
 reference policy (the warm start); no critic.
@@ -33,8 +34,16 @@ class VLAGRPOConfig:
 
 
 def grpo_outcomes(roll: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Binary outcome (B,) of imagined rollouts (see :func:`agents.vla.rollout.rollout_imagined`)."""
-    return ((roll["prob"][1:] > 0.5) & trusted(roll)).any(0).float()
+    """Binary outcome (B,) of imagined rollouts (see :func:`agents.vla.rollout.rollout_imagined`): a success at any call."""
+    return judged_success(roll).any(0).float()
+
+
+def judged_success(roll: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(D, B) bool: the frames after each policy call that count as successes: the heads say success on a frame
+    they trust, and, when the rollout carries ``pose_inside`` (D + 1, B) (the pose guard), the imagination's own
+    T is in the region on that frame too."""
+    ok = (roll["prob"][1:] > 0.5) & trusted(roll)
+    return ok & roll["pose_inside"][1:] if "pose_inside" in roll else ok
 
 
 def closest_distance(roll: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, grpo_outcomes, trusted
+from agents.vla.grpo import VLAGRPO, VLAGRPOConfig, closest_distance, grpo_outcomes, judged_success
 from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, pgpe_fitness
 from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
@@ -67,6 +67,7 @@ class PostTrainConfig:
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
     imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
     explore_std: float | None = None  # exploration std (world units) the post-trained policy starts from; None: the warm start's
+    pose_guard: bool = False        # an imagined success also needs the model's own T pose in the region (an object head)
     seed: int = 0
 
 
@@ -208,10 +209,13 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     if cfg.envs % group:
         raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of {algo}.group {group}")
     v = len(variants)
+    targets = np.array([x.target for x in variants.values()])
     horizon = cfg.decisions * policy.cfg.chunk
     history, refinements, new_rows, video = [], [], [], None
     imagination = pool.imagination(model, device, cfg.imagination)
     imagination.seed(cfg.seed)
+    if cfg.pose_guard and imagination.object_pose(imagination.start(1, torch.zeros(1, dtype=torch.long))) is None:
+        raise ValueError("post_train.pose_guard needs a world model that carries the T's pose (an object head)")
     it_total = 0
     for rnd in range(cfg.rounds):
         for it in range(cfg.iterations):
@@ -222,7 +226,9 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             eps, adapter = trainer.sample(len(starts) // group) if algo == "pgpe" else (None, None)
             roll = rollout_imagined(policy, imagination, success, starts.to(device), lang, cfg.decisions,
                                     keep_frames=cfg.video_envs if last else 0,
-                                    adapter=None if adapter is None else adapter.to(device))
+                                    adapter=None if adapter is None else adapter.to(device), object_pose=cfg.pose_guard)
+            if cfg.pose_guard:
+                guard_pose(roll, targets[vi.numpy()], radius)
             if last:
                 video = roll["video"].cpu().numpy()
             outcome = grpo_outcomes(roll)
@@ -262,6 +268,14 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     return {"history": history, "refinements": refinements, "video": video, "seconds": time.time() - t0}
 
 
+def guard_pose(roll: dict[str, torch.Tensor], targets: np.ndarray, radius: float) -> None:
+    """The pose guard: add ``pose_inside`` (D + 1, B) to an imagined rollout carrying ``object_pose`` (D + 1, B, 3),
+    True where the imagination's own T is within ``radius`` of the rollout's target (``targets`` (B, 2), world
+    units); :func:`agents.vla.grpo.judged_success` then counts a success only there."""
+    dist = region_distance(roll["object_pose"].cpu().numpy(), targets)
+    roll["pose_inside"] = torch.as_tensor(dist < radius, device=roll["prob"].device)
+
+
 def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor,
                variants: dict[str, PushTVariant], cfg: PostTrainConfig, max_steps: int, radius: float, horizon: int,
                device: str | torch.device) -> dict:
@@ -295,14 +309,13 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     vi = torch.as_tensor(real["variant"])
     roll = rollout_imagined(policy, imag, success, torch.arange(n, device=device), lang_table[vi].to(device), decisions,
                             deterministic=True, object_pose=True)
-    heads = ((roll["prob"][1:] > 0.5) & trusted(roll)).cpu().numpy()  # (D, n): the frames judged successes
-    imagined = heads.any(0)
+    imagined = judged_success(roll).any(0).cpu().numpy()  # the heads' verdict alone
     real_h = real["success"] & (real["steps"] <= decisions * policy.cfg.chunk)
     out = {"real_success_within_horizon": float(real_h.mean()), "paired_imagined_success": float(imagined.mean()),
            "imagined_successes": int(imagined.sum()), "imagined_false_success": int((imagined & ~real_h).sum())}
     if "object_pose" in roll:
-        inside = region_distance(roll["object_pose"][1:].cpu().numpy(), targets[real["variant"]]) < radius  # (D, n)
-        agrees = (heads & inside).any(0)
+        guard_pose(roll, targets[real["variant"]], radius)
+        agrees = judged_success(roll).any(0).cpu().numpy()
         out.update(imagined_successes_pose_agrees=int(agrees.sum()),
                    imagined_false_success_pose_agrees=int((agrees & ~real_h).sum()))
     return out

@@ -2,7 +2,7 @@
 
 Rewards per policy call d (a chunk of actions), from the success heads on the frame after it:
 progress (distance to the instructed target before minus after, / ``progress_scale``) plus
-``success_bonus`` where the heads say success; zero where the heads disagree (flagged) or the
+``success_bonus`` where the heads say success (:func:`agents.vla.grpo.judged_success`); zero where the heads disagree (flagged) or the
 model diverged. GAE over the calls with a critic on (frame, state, instruction), the last
 frame's value bootstraps (the imagined horizon is a time limit). Clipped surrogate as CleanRL's.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from agents.vla.grpo import judged_success
 from agents.vla.policy import VLAPolicy, conv_encoder
 
 
@@ -56,7 +57,7 @@ def ppo_rewards(roll: dict[str, torch.Tensor], cfg: VLAPPOConfig) -> torch.Tenso
     """Rewards (D, B) of an imagined rollout (see :func:`agents.vla.rollout.rollout_imagined`)."""
     flagged = roll["flagged"][1:]
     progress = (roll["distance"][:-1] - roll["distance"][1:]) / cfg.progress_scale
-    success = (roll["prob"][1:] > 0.5).float() * cfg.success_bonus
+    success = judged_success(roll).float() * cfg.success_bonus
     r = progress + success
     return torch.where(flagged | roll["diverged"], torch.zeros_like(r), r)
 

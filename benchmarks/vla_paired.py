@@ -1,0 +1,76 @@
+"""Imagined vs real success, episode by episode, for VLA policies (issue 8).
+
+    OMP_NUM_THREADS=2 python -m benchmarks.vla_paired MODEL HEADS POLICY [POLICY ...] --out runs/vla_paired.json
+
+Every POLICY runs the standard real evaluation (``--episodes`` episodes, seeds 20000 on, instruction
+i mod 5, the deterministic chunk, at most 150 actions); the very same episodes are imagined again in
+the pixel world model MODEL from their first frames (``--decisions`` policy calls) and judged by the
+success heads HEADS (a ``wam vla-posttrain`` run's ``success_heads/`` folder), as
+:func:`agents.vla.loop.paired_imagination` does at the end of ``wam vla-posttrain``. Printed per policy:
+the real and the imagined success, the imagined successes, how many of them were real failures, and
+the same for the imagined successes where the model's own T pose was in the region at a frame the
+heads called a success (a false one of those is the dynamics' error; the rest are the heads' errors
+on imagined frames). Comparing a warm start with its post-trained policy shows whether post-training
+learned to fool the model or the heads (reward hacking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.vla.language import InstructionEmbedder
+from agents.vla.loop import evaluate_real, paired_imagination
+from agents.vla.policy import load_vla
+from agents.vla.success import load_success_heads
+from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
+from tasks.pusht import PUSHT_VARIANTS
+from world_models.checkpoint import load_checkpoint
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", type=Path, help="pixel world-model checkpoint folder")
+    p.add_argument("heads", type=Path, help="success-heads folder (run_dir/success_heads of wam vla-posttrain)")
+    p.add_argument("policies", type=Path, nargs="+", help="VLA policy folders")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--decisions", type=int, default=38, help="policy calls imagined (x chunk steps)")
+    p.add_argument("--seed", type=int, default=0, help="the world model's sampling seed")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    torch.manual_seed(args.seed)
+    model, _, _ = load_checkpoint(args.model)
+    model.eval()
+    heads, calib = load_success_heads(args.heads)
+    embedder = InstructionEmbedder()
+    table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
+    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    print(f"heads: stored held-out calibration {json.dumps({k: round(v, 3) for k, v in calib.items()})}", flush=True)
+    results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "heads_calibration": calib, "policies": {}}
+    print("| policy | real success | imagined success | imagined successes | of them real failures | "
+          "with the model's T in the region | of them real failures | s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for folder in args.policies:
+        t0 = time.time()
+        policy = load_vla(folder, embedder=embedder)
+        real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
+        out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed)
+        out = {"real_success": real["success_rate"], **out, "seconds": time.time() - t0}
+        results["policies"][str(folder)] = out
+        print(f"| `{folder}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
+              f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
+              f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['seconds']:.0f} |", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
