@@ -52,7 +52,7 @@ def main() -> None:
     table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
     targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
     print(f"heads: stored held-out calibration {json.dumps({k: round(v, 3) for k, v in calib.items()})}", flush=True)
-    results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    results: dict = {"args": json.loads(json.dumps(vars(args), default=str)),
                      "heads_calibration": calib, "policies": {}}
     print("| policy | real success | imagined success | imagined successes | of them real failures | "
           "with the model's T in the region | of them real failures | s |")
