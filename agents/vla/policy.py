@@ -208,37 +208,54 @@ class VLAPolicy(nn.Module):
         return action
 
 
-def save_vla(policy: VLAPolicy, folder: str | Path) -> Path:
-    """Write ``policy.safetensors`` + ``config.json`` (format ``wam.vla_policy``) into ``folder`` (atomic writes)."""
+def write_module(module: nn.Module, folder: str | Path, weights: str, meta: dict[str, Any]) -> Path:
+    """Write ``module``'s state dict as ``folder/weights`` (safetensors) and ``meta`` as ``folder/config.json`` (atomic writes)."""
     from safetensors.torch import save as safetensors_save
 
     from world_models.data import atomic_write_bytes, atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    blob = safetensors_save({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()})
-    atomic_write_bytes(folder / "policy.safetensors", lambda f: f.write(blob))
-    atomic_write_json(folder / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(policy.cfg)})
+    blob = safetensors_save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+    atomic_write_bytes(folder / weights, lambda f: f.write(blob))
+    atomic_write_json(folder / "config.json", meta)
     return folder
+
+
+def read_meta(folder: str | Path, fmt: str, version: int, config_cls: type, what: str) -> dict[str, Any]:
+    """``folder/config.json`` of a :func:`write_module` folder, checked: format ``fmt`` v``version`` and a
+    ``config`` whose keys are ``config_cls``'s fields; anything else is a VLAInputError naming ``what``."""
+    try:
+        meta = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise VLAInputError(f"{folder} is not a {what} folder: {e}") from e
+    if meta.get("format") != fmt or meta.get("format_version") != version:
+        raise VLAInputError(f"{folder}: expected format {fmt} v{version}, got {meta.get('format')} v{meta.get('format_version')}")
+    unknown = sorted(set(meta.get("config", {})) - set(config_cls.__dataclass_fields__))
+    if unknown:
+        raise VLAInputError(f"{folder}: unknown {what} config keys {unknown}")
+    return meta
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module``; a corrupt file or weights that do not fit are a VLAInputError."""
+    from safetensors.torch import load as safetensors_load
+
+    try:
+        module.load_state_dict(safetensors_load(Path(path).read_bytes()))
+    except Exception as e:  # safetensors raises its own SafetensorError; shape mismatches are RuntimeErrors
+        raise VLAInputError(f"{path} cannot be loaded: {e}") from e
+
+
+def save_vla(policy: VLAPolicy, folder: str | Path) -> Path:
+    """Write ``policy.safetensors`` + ``config.json`` (format ``wam.vla_policy``) into ``folder`` (atomic writes)."""
+    return write_module(policy, folder, "policy.safetensors",
+                        {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(policy.cfg)})
 
 
 def load_vla(folder: str | Path, device: str | torch.device = "cpu", embedder: InstructionEmbedder | None = None) -> VLAPolicy:
     """Read a policy written by :func:`save_vla`; a wrong format, version or file is a VLAInputError."""
-    from safetensors.torch import load as safetensors_load
-
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise VLAInputError(f"{folder} is not a VLA policy folder: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise VLAInputError(f"{folder}: expected format {FORMAT} v{FORMAT_VERSION}, got {meta.get('format')} v{meta.get('format_version')}")
-    unknown = sorted(set(meta.get("config", {})) - set(VLAConfig.__dataclass_fields__))
-    if unknown:
-        raise VLAInputError(f"{folder}: unknown VLA config keys {unknown}")
+    meta = read_meta(folder, FORMAT, FORMAT_VERSION, VLAConfig, "VLA policy")
     policy = VLAPolicy(VLAConfig(**meta["config"]), embedder)
-    try:
-        policy.load_state_dict(safetensors_load((folder / "policy.safetensors").read_bytes()))
-    except Exception as e:  # safetensors raises its own SafetensorError; shape mismatches are RuntimeErrors
-        raise VLAInputError(f"{folder}/policy.safetensors cannot be loaded: {e}") from e
+    load_weights(policy, Path(folder) / "policy.safetensors")
     return policy.to(device)

@@ -20,7 +20,6 @@ the data's positive rate minus the batches'), so probabilities are those of the 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from agents.vla.policy import VLAInputError, conv_encoder
+from agents.vla.policy import conv_encoder, load_weights, read_meta, write_module
 
 FORMAT = "wam.success_heads"
 FORMAT_VERSION = 1
@@ -216,39 +215,16 @@ def variant_distances(block_pose: np.ndarray, targets: np.ndarray) -> torch.Tens
 def save_success_heads(ens: SuccessEnsemble, folder: str | Path, calibration: dict[str, float] | None = None) -> Path:
     """Write ``heads.safetensors`` + ``config.json`` (format ``wam.success_heads``: the ensemble's config, frame
     size, instruction width and its held-out ``calibration``) into ``folder`` (atomic writes)."""
-    from safetensors.torch import save as safetensors_save
-
-    from world_models.data import atomic_write_bytes, atomic_write_json
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    blob = safetensors_save({k: v.detach().cpu().contiguous() for k, v in ens.state_dict().items()})
-    atomic_write_bytes(folder / "heads.safetensors", lambda f: f.write(blob))
-    atomic_write_json(folder / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(ens.cfg),
-                                               "image_size": ens.image_size, "lang_dim": ens.lang_dim,
-                                               "calibration": calibration or {}})
-    return folder
+    return write_module(ens, folder, "heads.safetensors",
+                        {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(ens.cfg),
+                         "image_size": ens.image_size, "lang_dim": ens.lang_dim, "calibration": calibration or {}})
 
 
 def load_success_heads(folder: str | Path, device: str | torch.device = "cpu") -> tuple[SuccessEnsemble, dict[str, float]]:
     """Read heads written by :func:`save_success_heads`: the ensemble (eval mode) and its stored calibration.
     A missing folder, a foreign format or version, unknown config keys or weights that do not fit are a VLAInputError."""
-    from safetensors.torch import load as safetensors_load
-
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise VLAInputError(f"{folder} is not a success-heads folder: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise VLAInputError(f"{folder}: expected format {FORMAT} v{FORMAT_VERSION}, got {meta.get('format')} v{meta.get('format_version')}")
-    unknown = sorted(set(meta.get("config", {})) - set(SuccessConfig.__dataclass_fields__))
-    if unknown:
-        raise VLAInputError(f"{folder}: unknown success-head config keys {unknown}")
+    meta = read_meta(folder, FORMAT, FORMAT_VERSION, SuccessConfig, "success-heads")
     cfg = SuccessConfig(**{**meta["config"], "channels": tuple(meta["config"].get("channels", SuccessConfig.channels))})
     ens = SuccessEnsemble(int(meta["image_size"]), int(meta["lang_dim"]), cfg)
-    try:
-        ens.load_state_dict(safetensors_load((folder / "heads.safetensors").read_bytes()))
-    except Exception as e:  # safetensors raises its own SafetensorError; shape mismatches are RuntimeErrors
-        raise VLAInputError(f"{folder}/heads.safetensors cannot be loaded: {e}") from e
+    load_weights(ens, Path(folder) / "heads.safetensors")
     return ens.to(device).eval(), dict(meta.get("calibration", {}))
