@@ -6,12 +6,14 @@ PGPE (:mod:`agents.vla.pgpe`) steps by ``lr * mean(adv * eps) / sigma``, ``adv``
 fitness of G adapters run from one (start frame, instruction). Imagination can only help if it orders
 a group's adapters as the physics does. This rolls the same S x G (start, instruction, adapter)
 triples, the deterministic policy under each adapter (``--sigma``), in gym-pusht's physics and in the
-world model, and scores every rollout four ways (fitness = success - closest distance / 100):
+world model, and scores every rollout several ways (fitness = success - closest distance / 100):
 
 - ``physics_true``: the physics, the T's true pose (the reference);
 - ``physics_heads``: the physics, the learned success / progress heads (their share of the error);
 - ``model_pose``: the world model, the T pose it carries (its dynamics' share);
 - ``model_heads``: the world model, the learned heads (what post-training in imagination uses);
+- ``model_heads_guarded``: the same under the pose guard (a success needs the model's own T in the region);
+- ``*_heads_distance``: the heads' closest distance alone, no success term;
 
 over the first d policy calls for every ``--horizons`` d. Per group: Spearman's rank correlation of
 each score with the reference (groups whose reference is constant are skipped); over all groups:
@@ -21,7 +23,7 @@ of the same (start, instruction, adapter). The world model runs with its flow sa
 (``sampled``) and integrated from the prior's mean (``mean``).
 
 The heads are trained as ``wam vla-posttrain`` trains them: the scripted demonstrations plus the
-policy's 100 evaluation episodes (seeds 20000-20099). Starts are the first frames of real episodes
+policy's 100 evaluation episodes (seeds 20000-20099); or read from ``--heads`` (a run's ``success_heads/``). Starts are the first frames of real episodes
 (seeds ``--start-seed`` on, instruction i mod 5).
 """
 
@@ -37,11 +39,11 @@ import torch
 
 from agents.vla.grpo import closest_distance, group_advantages, grpo_outcomes
 from agents.vla.language import InstructionEmbedder
-from agents.vla.loop import DemoConfig, collect_demos, concat_rows, evaluate_real, variant_list
+from agents.vla.loop import DemoConfig, collect_demos, concat_rows, evaluate_real, guard_pose, variant_list
 from agents.vla.pgpe import VLAPGPE, VLAPGPEConfig, pgpe_fitness
 from agents.vla.policy import load_vla
 from agents.vla.rollout import SimulatorImagination, rollout_imagined
-from agents.vla.success import SuccessConfig, fit_success_heads
+from agents.vla.success import SuccessConfig, fit_success_heads, load_success_heads
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
 from tasks.pusht import PUSHT_VARIANTS, block_centroid, make_pusht_env, region_distance
 from world_models.checkpoint import load_checkpoint
@@ -77,11 +79,18 @@ def pose_fitness(pose: torch.Tensor, targets: np.ndarray, calls: int) -> torch.T
     return pgpe_fitness((closest < RADIUS).float(), closest, VLAPGPEConfig())
 
 
-def heads_fitness(roll: dict[str, torch.Tensor], calls: int) -> torch.Tensor:
-    """The post-training fitness (:func:`pgpe_fitness` of the heads' outcome and closest distance) over the first ``calls`` calls."""
+def heads_fitness(roll: dict[str, torch.Tensor], calls: int, guard_targets: np.ndarray | None = None,
+                  success: bool = True) -> torch.Tensor:
+    """The post-training fitness (:func:`pgpe_fitness` of the heads' outcome and closest distance) over the first
+    ``calls`` calls; with ``guard_targets`` (B, 2) under the pose guard (a success needs the rollout's own T pose in
+    the region, :func:`agents.vla.loop.guard_pose`); ``success=False``: the closest distance alone."""
     cut = {k: roll[k][: calls + 1] for k in ("prob", "distance", "flagged")}
     cut["diverged"] = roll["diverged"][:calls]
-    return pgpe_fitness(grpo_outcomes(cut), closest_distance(cut), VLAPGPEConfig())
+    if guard_targets is not None:
+        cut["object_pose"] = roll["object_pose"][: calls + 1]
+        guard_pose(cut, guard_targets, RADIUS)
+    outcome = grpo_outcomes(cut) if success else torch.zeros(cut["prob"].shape[1])
+    return pgpe_fitness(outcome, closest_distance(cut), VLAPGPEConfig())
 
 
 def main() -> None:
@@ -96,6 +105,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=["sampled", "mean"], default=["sampled", "mean"])
     p.add_argument("--start-seed", type=int, default=70000)
     p.add_argument("--heads-steps", type=int, default=1000)
+    p.add_argument("--heads", type=Path, default=None, help="saved success heads (run_dir/success_heads) instead of training them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON of the results")
     args = p.parse_args()
@@ -111,10 +121,13 @@ def main() -> None:
     model.eval()
     targets = np.array([PUSHT_VARIANTS[n].target for n in names])
 
-    demos = collect_demos(PUSHT_VARIANTS, DemoConfig(), RADIUS)
-    evals = evaluate_real(policy, table, PUSHT_VARIANTS, 100, SEED, MAX_STEPS, RADIUS)
-    heads, _, calib = fit_success_heads(concat_rows([demos["rows"], evals["rows"]]), targets, table, RADIUS,
-                                        SuccessConfig(ensemble=3, steps=args.heads_steps, seed=args.seed), 0.25)
+    if args.heads:
+        heads, calib = load_success_heads(args.heads)
+    else:
+        demos = collect_demos(PUSHT_VARIANTS, DemoConfig(), RADIUS)
+        evals = evaluate_real(policy, table, PUSHT_VARIANTS, 100, SEED, MAX_STEPS, RADIUS)
+        heads, _, calib = fit_success_heads(concat_rows([demos["rows"], evals["rows"]]), targets, table, RADIUS,
+                                            SuccessConfig(ensemble=3, steps=args.heads_steps, seed=args.seed), 0.25)
     print(f"heads: held-out {json.dumps({k: round(v, 3) for k, v in calib.items()})} ({time.time() - t0:.0f} s)", flush=True)
 
     s, g = args.starts, args.group
@@ -148,10 +161,12 @@ def main() -> None:
                      "horizons": {}}
     for d in args.horizons:
         ref = pose_fitness(physics["object_pose"], tgt, d)
-        scores = {"physics_heads": heads_fitness(physics, d)}
+        scores = {"physics_heads": heads_fitness(physics, d), "physics_heads_distance": heads_fitness(physics, d, success=False)}
         for mode, r in models.items():
             scores[f"model_pose_{mode}"] = pose_fitness(r["object_pose"], tgt, d)
             scores[f"model_heads_{mode}"] = heads_fitness(r, d)
+            scores[f"model_heads_guarded_{mode}"] = heads_fitness(r, d, guard_targets=tgt)
+            scores[f"model_heads_distance_{mode}"] = heads_fitness(r, d, success=False)
         step = pgpe_direction(ref, eps, g)
         row: dict = {"true_success": float((ref > 0).float().mean()),
                      "true_fitness_spread": float(ref.view(-1, g).std(1).mean())}
