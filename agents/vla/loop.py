@@ -210,7 +210,6 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
         raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of {algo}.group {group}")
     v = len(variants)
     targets = np.array([x.target for x in variants.values()])
-    horizon = cfg.decisions * policy.cfg.chunk
     history, refinements, new_rows, video = [], [], [], None
     imagination = pool.imagination(model, device, cfg.imagination)
     imagination.seed(cfg.seed)
@@ -241,7 +240,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
                    "diverged_rate": float(roll["diverged"][-1].float().mean()), **stats}
             it_total += 1
             if it_total % cfg.real_check_every == 0:
-                check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, horizon, device)
+                check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
                 new_rows.append(check.pop("rows"))
                 rec.update(check)
             history.append(rec)
@@ -277,7 +276,7 @@ def guard_pose(roll: dict[str, torch.Tensor], targets: np.ndarray, radius: float
 
 
 def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor,
-               variants: dict[str, PushTVariant], cfg: PostTrainConfig, max_steps: int, radius: float, horizon: int,
+               variants: dict[str, PushTVariant], cfg: PostTrainConfig, max_steps: int, radius: float,
                device: str | torch.device) -> dict:
     """Real success of the current policy (deterministic, fixed seeds) and, from the same first
     frames and instructions, the imagined outcome (:func:`paired_imagination`); ``rows`` the real rows."""
