@@ -21,7 +21,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from agents.vla.language import InstructionEmbedder
@@ -29,7 +28,7 @@ from agents.vla.loop import evaluate_real, paired_imagination
 from agents.vla.policy import load_vla
 from agents.vla.success import load_success_heads
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
-from tasks.pusht import PUSHT_VARIANTS
+from tasks.pusht import PUSHT_VARIANTS, variant_targets
 from world_models.checkpoint import load_checkpoint
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     heads, calib = load_success_heads(args.heads)
     embedder = InstructionEmbedder()
     table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
-    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    targets = variant_targets(PUSHT_VARIANTS)
     print(f"heads: stored held-out calibration {json.dumps({k: round(v, 3) for k, v in calib.items()})}", flush=True)
     results: dict = {"args": json.loads(json.dumps(vars(args), default=str)),
                      "heads_calibration": calib, "policies": {}}

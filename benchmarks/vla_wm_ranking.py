@@ -45,7 +45,7 @@ from agents.vla.policy import load_vla
 from agents.vla.rollout import SimulatorImagination, rollout_imagined
 from agents.vla.success import SuccessConfig, fit_success_heads, load_success_heads
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
-from tasks.pusht import PUSHT_VARIANTS, block_centroid, make_pusht_env, region_distance
+from tasks.pusht import PUSHT_VARIANTS, block_centroid, make_pusht_env, region_distance, variant_targets
 from world_models.checkpoint import load_checkpoint
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     policy = load_vla(args.policy, embedder=embedder)
     model, _, _ = load_checkpoint(args.model)
     model.eval()
-    targets = np.array([PUSHT_VARIANTS[n].target for n in names])
+    targets = variant_targets(PUSHT_VARIANTS)
 
     if args.heads:
         heads, calib = load_success_heads(args.heads)

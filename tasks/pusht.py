@@ -61,6 +61,11 @@ PUSHT_VARIANTS: dict[str, PushTVariant] = {v.name: v for v in (
 )}
 
 
+def variant_targets(variants: dict[str, PushTVariant]) -> np.ndarray:
+    """The variants' targets (V, 2), world units, in the dict's order (variant index k = k-th entry)."""
+    return np.array([v.target for v in variants.values()], dtype=np.float64)
+
+
 def region_distance(block_pose: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Distance (world units) of the T's centroid at poses (..., 3) to targets (..., 2)."""
     return np.linalg.norm(block_centroid(block_pose) - np.asarray(target, dtype=np.float64), axis=-1)

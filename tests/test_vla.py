@@ -19,7 +19,7 @@ from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import rollout_imagined
 from agents.vla.success import (SuccessConfig, SuccessEnsemble, calibrate, load_success_heads, save_success_heads, train_success,
                                 variant_distances)
-from tasks.pusht import PUSHT_VARIANTS, MissingExtraError, region_distance
+from tasks.pusht import PUSHT_VARIANTS, MissingExtraError, region_distance, variant_targets
 from world_models import ModelSpec, build_model
 from wam_env.pixels import PixelImagination
 
@@ -296,7 +296,7 @@ def test_success_head_rejects_unseen_failed_episodes(one_torch_thread):
     radius = 40.0
     demos = collect_demos(PUSHT_VARIANTS, DemoConfig(episodes_per_variant=2, noise=5.0, random_prob=0.0, max_steps=100,
                                                      seed=3), radius)
-    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    targets = variant_targets(PUSHT_VARIANTS)
     lang = torch.as_tensor(fake_encode(INSTRUCTIONS))
     dist = variant_distances(demos["rows"]["block_pose"], targets)
     assert int((dist < radius).sum()) > 20  # the demos hold successes to learn from
@@ -462,7 +462,7 @@ def test_paired_imagination_separates_heads_errors_from_dynamics_errors():
 
     policy = tiny_policy()
     lang = policy.embed(INSTRUCTIONS)
-    targets = np.array([v.target for v in PUSHT_VARIANTS.values()])
+    targets = variant_targets(PUSHT_VARIANTS)
     probe = evaluate_real(policy, lang, PUSHT_VARIANTS, 10, 300, 1, 1e-3, SIZE)
     start = region_distance(probe["rows"]["block_pose"][probe["rows"]["step"] == 0], targets[probe["variant"]])
     radius = float(np.sort(start)[4] + 1.0)  # about half the episodes start inside the region
@@ -485,7 +485,7 @@ def test_pose_guard_counts_only_successes_the_imagined_pose_confirms(tiny_world)
     from agents.vla.rollout import rollout_real
 
     variants = PUSHT_VARIANTS
-    targets = np.array([v.target for v in variants.values()])
+    targets = variant_targets(variants)
     rng = np.random.default_rng(0)
 
     def act(pixels, state, idx, infos):
@@ -526,7 +526,7 @@ def test_post_training_in_the_simulator_starts_from_explore_std():
 
     real = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)
     rows = real["rows"]
-    seen = region_distance(rows["block_pose"], np.array([v.target for v in variants.values()])[rows["episode"]])
+    seen = region_distance(rows["block_pose"], variant_targets(variants)[rows["episode"]])
     closest = [seen[rows["episode"] == i].min() for i in range(2)]  # every frame, the last one's included
     assert np.allclose(real["closest_distance"], closest, atol=1e-3) and (real["closest_distance"] <= real["final_distance"] + 1e-6).all()
     policy = tiny_policy()
@@ -535,7 +535,7 @@ def test_post_training_in_the_simulator_starts_from_explore_std():
     cfg = PostTrainConfig(iterations=2, rounds=1, envs=4, decisions=2, real_check_every=2, real_check_episodes=5,
                           imagination="simulator", explore_std=20.0)
     out = post_train(policy, "ppo", None, heads, policy.embed(INSTRUCTIONS), variants,
-                     StartPool(rows, np.array([v.target for v in variants.values()])), rows, cfg,
+                     StartPool(rows, variant_targets(variants)), rows, cfg,
                      VLAPPOConfig(lr=1e-3, epochs=1, minibatches=1), VLAGRPOConfig(), max_steps=8, radius=40.0)
     assert len(out["history"]) == 2 and "real_success" in out["history"][1] and out["refinements"] == []
     assert float((policy.log_std.detach() - np.log(0.2)).abs().max()) < 0.05  # from 20 world units, Adam-sized steps since

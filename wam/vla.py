@@ -66,7 +66,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     from agents.vla.ppo import VLAPPOConfig
     from agents.vla.report import write_report
     from agents.vla.success import SuccessConfig, fit_success_heads, load_success_heads, save_success_heads
-    from tasks.pusht import PUSHT_VARIANTS, frame_dataset_meta
+    from tasks.pusht import PUSHT_VARIANTS, frame_dataset_meta, variant_targets
     from world_models.checkpoint import load_checkpoint
     from world_models.pixel.frames import FrameStore
     from world_models.pixel.model import PixelWorldModel
@@ -100,13 +100,12 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     names = list(variants)
     lang_table = embedder([variants[n].instruction for n in names])
 
-    loaded_heads = None
+    ens = None
     if cfg["success_heads"]:  # heads of an earlier run, with the calibration measured there
-        loaded_heads = load_success_heads(cfg["success_heads"], dev)
-        heads = loaded_heads[0]
-        if (heads.image_size, heads.lang_dim) != (size, lang_table.shape[1]):
-            raise ConfigError(f"success_heads={cfg['success_heads']} judge {heads.image_size}x{heads.image_size} frames and "
-                              f"{heads.lang_dim}-d instructions, this run has {size}x{size} and {lang_table.shape[1]}-d")
+        ens, calib = load_success_heads(cfg["success_heads"], dev)
+        if (ens.image_size, ens.lang_dim) != (size, lang_table.shape[1]):
+            raise ConfigError(f"success_heads={cfg['success_heads']} judge {ens.image_size}x{ens.image_size} frames and "
+                              f"{ens.lang_dim}-d instructions, this run has {size}x{size} and {lang_table.shape[1]}-d")
 
     t = time.time()
     demos = collect_demos(variants, demo_cfg, radius, size, progress=progress)
@@ -137,11 +136,11 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
     # success heads: real frames of the demos and of the warm start's episodes, split by episode
     t = time.time()
     real = concat_rows([demos["rows"], before["rows"]])
-    targets = np.array([variants[n].target for n in names])
-    if loaded_heads is not None:
-        (ens, calib), succ_train = loaded_heads, {"loaded": 1.0}
-    else:
+    targets = variant_targets(variants)
+    if ens is None:
         ens, succ_train, calib = fit_success_heads(real, targets, lang_table, radius, succ_cfg, holdout, dev, progress)
+    else:
+        succ_train = {"loaded": 1.0}
     save_success_heads(ens, run / "success_heads", calib)
     timing["success_heads_s"] = time.time() - t
     if progress:

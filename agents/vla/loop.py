@@ -30,7 +30,7 @@ from agents.vla.policy import VLAPolicy
 from agents.vla.ppo import VLAPPO, VLAPPOConfig
 from agents.vla.rollout import SimulatorImagination, policy_act, rollout_imagined, rollout_real
 from agents.vla.success import SuccessEnsemble
-from tasks.pusht import PushPolicy, PushTVariant, block_centroid, region_distance
+from tasks.pusht import PushPolicy, PushTVariant, block_centroid, region_distance, variant_targets
 
 
 @dataclass
@@ -209,7 +209,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     if cfg.envs % group:
         raise ValueError(f"post_train.envs {cfg.envs} must be a multiple of {algo}.group {group}")
     v = len(variants)
-    targets = np.array([x.target for x in variants.values()])
+    targets = variant_targets(variants)
     history, refinements, new_rows, video = [], [], [], None
     imagination = pool.imagination(model, device, cfg.imagination)
     imagination.seed(cfg.seed)
@@ -282,8 +282,7 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
     frames and instructions, the imagined outcome (:func:`paired_imagination`); ``rows`` the real rows."""
     real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius,
                          policy.cfg.image_size)
-    targets = np.array([v.target for v in variants.values()])
-    paired = paired_imagination(policy, model, success, lang_table, real, cfg.decisions, radius, targets, device,
+    paired = paired_imagination(policy, model, success, lang_table, real, cfg.decisions, radius, variant_targets(variants), device,
                                 cfg.imagination, cfg.seed)
     return {"real_success": real["success_rate"], **paired, "rows": real["rows"]}
 
