@@ -117,8 +117,9 @@ def _state_rows(run: Path, seed: int, episodes: int) -> dict[str, np.ndarray] | 
         return dict(z)
 
 
-def refine_objects(run: Path, seed: int, source: str, state_episodes: int) -> None:
-    """A fresh object-dynamics head (the config's ``object_dynamics_hidden``) on a trained checkpoint
+def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overrides: dict[str, Any] | None = None) -> None:
+    """A fresh object-dynamics head (the config's ``object_dynamics_hidden`` and ``object_dynamics_frame``,
+    or ``overrides`` of them) on a trained checkpoint
     ``source``: the heads on states train on the run's rows plus its state rows, then the head on its
     own rollouts (``object_rollout_*``); the tokenizer, DiT and latent heads are kept. Saved to
     ``run/world_model``; prints the object's open-loop error (held-out episodes) before and after."""
@@ -128,7 +129,8 @@ def refine_objects(run: Path, seed: int, source: str, state_episodes: int) -> No
     data, tr, va, _ = _frames(run, seed, model_cfg, task_cfg)
     old, extra, tensors = load_checkpoint(source)
     torch.manual_seed(seed)
-    model = build_model("pixel_dit", old.spec, **{**old.config(), "object_dynamics_hidden": model_cfg["params"]["object_dynamics_hidden"]})
+    head = {k: {**model_cfg["params"], **(overrides or {})}[k] for k in ("object_dynamics_hidden", "object_dynamics_frame")}
+    model = build_model("pixel_dit", old.spec, **{**old.config(), **head})
     kept = {k: v for k, v in old.state_dict().items() if not k.startswith("object_dynamics.")}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith("object_dynamics.") for k in missing):
@@ -438,7 +440,7 @@ def main() -> None:
                                                           "objects: the checkpoint whose object-dynamics head is replaced")
     p.add_argument("--dynamics-steps", type=int, default=None, help="train --continue-from: steps (default: the config's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="train, tokenizer: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
+                   help="train, tokenizer, objects: override one of the config's model params (VALUE read as YAML), e.g. agent_loss_weight=4")
     p.add_argument("--state-episodes", type=int, default=2000,
                    help="train, objects: real episodes without frames for the heads on states (run/states.npz; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (2 = both cores of the reference machine)")
@@ -459,7 +461,7 @@ def main() -> None:
     elif args.phase == "objects":
         if not args.continue_from:
             p.error("objects needs --continue-from CHECKPOINT")
-        refine_objects(Path(args.run), args.seed, args.continue_from, args.state_episodes)
+        refine_objects(Path(args.run), args.seed, args.continue_from, args.state_episodes, overrides)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag,
                         overrides)

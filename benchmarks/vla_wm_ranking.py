@@ -14,6 +14,10 @@ world model, and scores every rollout several ways (fitness = success - closest 
 - ``model_heads``: the world model, the learned heads (what post-training in imagination uses);
 - ``model_heads_guarded``: the same under the pose guard (a success needs the model's own T in the region);
 - ``*_heads_distance``: the heads' closest distance alone, no success term;
+- ``physics_perturbed``: with ``--perturb P A``, the physics again from the same starts with the T's
+  position moved by N(0, P) world units and its angle by N(0, A) degrees, scored with its true pose:
+  how well *any* model whose start pose is off by that much could rank (the noise ceiling; the world
+  model's render-and-compare pose is off by ~2 units / 1 degree);
 
 over the first d policy calls for every ``--horizons`` d. Per group: Spearman's rank correlation of
 each score with the reference (groups whose reference is constant are skipped); over all groups:
@@ -102,11 +106,14 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=VLAPGPEConfig.sigma)
     p.add_argument("--decisions", type=int, default=38, help="policy calls per rollout (x chunk steps)")
     p.add_argument("--horizons", type=int, nargs="+", default=[8, 16, 24, 38])
-    p.add_argument("--modes", nargs="+", choices=["sampled", "mean"], default=["sampled", "mean"])
+    p.add_argument("--modes", nargs="*", choices=["sampled", "mean"], default=["sampled", "mean"],
+                   help="world-model modes to roll (none: the physics alone, e.g. with --perturb)")
     p.add_argument("--start-seed", type=int, default=70000)
     p.add_argument("--heads-steps", type=int, default=1000)
     p.add_argument("--heads", type=Path, default=None, help="saved success heads (run_dir/success_heads) instead of training them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("UNITS", "DEGREES"),
+                   help="also roll the physics from T poses perturbed by this std (the noise ceiling)")
     p.add_argument("--out", type=Path, default=None, help="JSON of the results")
     args = p.parse_args()
     if max(args.horizons) > args.decisions:
@@ -149,6 +156,10 @@ def main() -> None:
         return out
 
     physics = roll(SimulatorImagination(agent_pos, block_pose, 64))
+    if args.perturb:
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        std = torch.tensor([args.perturb[0], args.perturb[0], np.deg2rad(args.perturb[1])])
+        perturbed = roll(SimulatorImagination(agent_pos, block_pose + std * torch.randn(s, 3, generator=gen), 64))
     from wam_env.pixels import PixelImagination
 
     models = {}
@@ -157,11 +168,14 @@ def main() -> None:
         imag.seed(args.seed)
         models[mode] = roll(imag)
 
+    drifting = {**({"physics_perturbed": perturbed} if args.perturb else {}), **models}
     results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "heads_calibration": calib,
                      "horizons": {}}
     for d in args.horizons:
         ref = pose_fitness(physics["object_pose"], tgt, d)
         scores = {"physics_heads": heads_fitness(physics, d), "physics_heads_distance": heads_fitness(physics, d, success=False)}
+        if args.perturb:
+            scores["physics_perturbed"] = pose_fitness(perturbed["object_pose"], tgt, d)
         for mode, r in models.items():
             scores[f"model_pose_{mode}"] = pose_fitness(r["object_pose"], tgt, d)
             scores[f"model_heads_{mode}"] = heads_fitness(r, d)
@@ -174,7 +188,7 @@ def main() -> None:
             rho, groups = group_spearman(f, ref, g)
             cos = torch.nn.functional.cosine_similarity(pgpe_direction(f, eps, g), step, dim=0)
             row[name] = {"spearman": rho, "groups": groups, "step_cosine": float(cos)}
-        for mode, r in models.items():
+        for mode, r in drifting.items():
             gap = block_centroid(r["object_pose"][d].double().numpy()) - block_centroid(physics["object_pose"][d].double().numpy())
             row[f"drift_{mode}"] = float(np.linalg.norm(gap, axis=-1).mean())
         results["horizons"][d] = row

@@ -13,6 +13,7 @@ from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoin
 from world_models.data import DatasetError
 from world_models.pixel.frames import FrameStore, FrameWindows
 from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
+from world_models.pixel.reward import ObjectDynamicsHead
 from world_models.pixel.training import (PixelTrainConfig, encode_rows, object_open_loop, open_loop, psnr, ssim,
                                          train_dynamics, train_pixel_model, train_tokenizer)
 
@@ -438,3 +439,37 @@ def test_loop_collects_and_trains_pusht(tmp_path):
     assert obs["pixels"].shape == (64, 64, 3)
     with pytest.raises(ConfigError, match="pixel_dit"):
         run_train_model({**cfg, "model": {**cfg["model"], "name": "rwm_gru"}})
+
+
+def test_object_frame_dynamics_is_rotation_equivariant():
+    """``object_dynamics_frame="object"``: the head sees the push in the object's frame, so turning the
+    whole scene (earlier poses, agent positions, actions) about the object turns the predicted change with
+    it (exactly, once the weights on the absolute pose, which is there for the walls, are zero); the
+    image-frame head does not have that property; an unknown frame is refused by name."""
+    torch.manual_seed(0)
+    head = ObjectDynamicsHead(context=3, hidden=32, frame="object")
+    with torch.no_grad():
+        head.net[0].weight[:, 3 * 4:3 * 4 + 4] = 0  # the absolute pose (x, y, cos, sin) of the last row
+    b = 16
+    poses = torch.randn(b, 3, 4)
+    poses[..., 2:] = torch.nn.functional.normalize(poses[..., 2:], dim=-1)
+    agent, actions, turn = torch.randn(b, 4, 2), torch.randn(b, 4, 2), torch.rand(b) * 6.28
+    c, s = turn.cos()[:, None], turn.sin()[:, None]
+
+    def rotate(p: torch.Tensor) -> torch.Tensor:  # about the last pose's position
+        rel = p - poses[:, -1:, :2]
+        return poses[:, -1:, :2] + torch.stack([c * rel[..., 0] - s * rel[..., 1], s * rel[..., 0] + c * rel[..., 1]], -1)
+
+    heading = torch.atan2(poses[..., 3], poses[..., 2]) + turn[:, None]
+    turned = torch.cat([rotate(poses[..., :2]), heading.cos()[..., None], heading.sin()[..., None]], -1)
+    with torch.no_grad():
+        d, d_turned = head(poses, agent, actions), head(turned, rotate(agent), rotate(actions))
+    expected = torch.stack([c[:, 0] * d[:, 0] - s[:, 0] * d[:, 1], s[:, 0] * d[:, 0] + c[:, 0] * d[:, 1], d[:, 2]], -1)
+    assert torch.allclose(d_turned, expected, atol=1e-5)
+    image = ObjectDynamicsHead(context=3, hidden=32, frame="image")
+    with torch.no_grad():
+        assert not torch.allclose(image(turned, rotate(agent), rotate(actions))[:, :2], image(poses, agent, actions)[:, :2], atol=1e-3)
+    with pytest.raises(ValueError, match="frame must be one of"):
+        ObjectDynamicsHead(context=3, frame="world")
+    model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
+    assert model.object_dynamics.frame == "image"  # checkpoints saved before the option load as they were trained

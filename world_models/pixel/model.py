@@ -61,6 +61,8 @@ class PixelWorldModel(WorldModel):
             latent, and every imagined frame is encoded again to give the next context latent, so
             the DiT always continues from a frame whose object has its shape. 0: off.
         object_dynamics_hidden: width of the object-dynamics head (an MLP on poses and agent states).
+        object_dynamics_frame: "image" or "object": the frame the object-dynamics head sees the push in
+            (:class:`~world_models.pixel.reward.ObjectDynamicsHead`; "image" for checkpoints before run 14).
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -73,7 +75,8 @@ class PixelWorldModel(WorldModel):
                  heads: int = 4, patch: int = 2, sample_steps: int = 4, context_noise: float = 0.2,
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
                  agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
-                 decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0, object_dynamics_hidden: int = 256):
+                 decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0, object_dynamics_hidden: int = 256,
+                 object_dynamics_frame: str = "image"):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -90,7 +93,8 @@ class PixelWorldModel(WorldModel):
                             infer_context_noise=infer_context_noise, success_coverage=success_coverage,
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
                             agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius,
-                            decoder_object_extent=decoder_object_extent, object_dynamics_hidden=object_dynamics_hidden)
+                            decoder_object_extent=decoder_object_extent, object_dynamics_hidden=object_dynamics_hidden,
+                            object_dynamics_frame=object_dynamics_frame)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -108,7 +112,7 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
-        self.object_dynamics = ObjectDynamicsHead(self.k, object_dynamics_hidden) if decoder_object_extent else None
+        self.object_dynamics = ObjectDynamicsHead(self.k, object_dynamics_hidden, object_dynamics_frame) if decoder_object_extent else None
         self.pose_fit_steps, self.pose_fit_lr = 40, 0.02  # render-and-compare at observe (fit_object_pose; run 10)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,

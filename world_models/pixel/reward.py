@@ -76,29 +76,46 @@ class ObjectDynamicsHead(nn.Module):
     """Change of the pushed object's pose over one step, from its last K normalized poses
     (B, K, 4) = (x, y, cos a, sin a), the agent's positions (B, K + 1, 2) up to the new one and the
     actions that led to them (B, K + 1, 2), all normalized: (B, 3) = (dx, dy, da) (normalized
-    image units, radians). The agent's positions enter relative to the object, in the image's
-    and in the object's frame (contact depends on where the pusher is on the object)."""
+    image units, radians).
+
+    ``frame="image"`` (checkpoints before run 14): the agent's positions and actions enter relative to
+    the object in the image's frame (and the agent's also in the object's), the change comes out in the
+    image's frame. ``frame="object"``: every relative input (earlier poses, agent positions, actions)
+    enters in the object's frame and the change comes out in it, turned back to the image's: a push
+    seen at one heading teaches every heading (the physics is the same under a rotation of the scene,
+    walls aside; the current pose still enters in the image's frame for the walls)."""
 
     SCALE = 0.1  # outputs are small: a pushed T moves about 2 px (0.06 normalized) per step
+    FRAMES = ("image", "object")
 
-    def __init__(self, context: int, hidden: int = 256):
+    def __init__(self, context: int, hidden: int = 256, frame: str = "image"):
         super().__init__()
+        if frame not in self.FRAMES:
+            raise ValueError(f"object-dynamics frame must be one of {self.FRAMES}, got {frame!r}")
+        self.frame = frame
+        inputs = context * 4 + 4 + (3 if frame == "image" else 2) * (context + 1) * 2
         self.net = nn.Sequential(
-            nn.Linear(context * 4 + 4 + 3 * (context + 1) * 2, hidden), nn.SiLU(),
+            nn.Linear(inputs, hidden), nn.SiLU(),
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3),
         )
 
     def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         last = poses[:, -1]
-        c, s = last[:, 2:3, None], last[:, 3:4, None]
+        c, s = last[:, None, 2], last[:, None, 3]  # (B, 1)
 
         def in_object_frame(p: torch.Tensor) -> torch.Tensor:  # (B, N, 2) relative -> rotated by -a
-            return torch.stack([c[..., 0] * p[..., 0] + s[..., 0] * p[..., 1], c[..., 0] * p[..., 1] - s[..., 0] * p[..., 0]], dim=-1)
+            return torch.stack([c * p[..., 0] + s * p[..., 1], c * p[..., 1] - s * p[..., 0]], dim=-1)
 
-        rel_agent, rel_action = agent - last[:, None, :2], actions - last[:, None, :2]
-        x = torch.cat([(poses[..., :2] - last[:, None, :2]).flatten(1), poses[..., 2:].flatten(1), last,
-                       rel_agent.flatten(1), in_object_frame(rel_agent).flatten(1), rel_action.flatten(1)], dim=-1)
-        return self.net(x) * self.SCALE
+        rel_poses, rel_agent, rel_action = poses[..., :2] - last[:, None, :2], agent - last[:, None, :2], actions - last[:, None, :2]
+        if self.frame == "image":
+            x = torch.cat([rel_poses.flatten(1), poses[..., 2:].flatten(1), last,
+                           rel_agent.flatten(1), in_object_frame(rel_agent).flatten(1), rel_action.flatten(1)], dim=-1)
+            return self.net(x) * self.SCALE
+        turn = torch.stack([poses[..., 2] * c + poses[..., 3] * s, poses[..., 3] * c - poses[..., 2] * s], dim=-1)  # a_i - a
+        x = torch.cat([in_object_frame(rel_poses).flatten(1), turn.flatten(1), last,
+                       in_object_frame(rel_agent).flatten(1), in_object_frame(rel_action).flatten(1)], dim=-1)
+        d = self.net(x) * self.SCALE  # (dx, dy) in the object's frame, da
+        return torch.stack([c[:, 0] * d[:, 0] - s[:, 0] * d[:, 1], s[:, 0] * d[:, 0] + c[:, 0] * d[:, 1], d[:, 2]], dim=-1)
 
     @staticmethod
     def step(pose: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
