@@ -17,7 +17,10 @@ world model, and scores every rollout several ways (fitness = success - closest 
 - ``physics_perturbed``: with ``--perturb P A``, the physics again from the same starts with the T's
   position moved by N(0, P) world units and its angle by N(0, A) degrees, scored with its true pose:
   how well *any* model whose start pose is off by that much could rank (the noise ceiling; the world
-  model's render-and-compare pose is off by ~2 units / 1 degree);
+  model's render-and-compare pose is off by ~2 units / 1 degree); with ``--copies N`` > 1, N such
+  perturbed physics runs; the mean true fitness per rollout of all but the first is a second reference, ``smoothed``: the
+  expected outcome of an adapter near that start, what PGPE's step estimates on average. Every score is
+  then also compared with it (``*_smoothed``), ``physics_true`` (one unperturbed rollout) included;
 
 over the first d policy calls for every ``--horizons`` d. Per group: Spearman's rank correlation of
 each score with the reference (groups whose reference is constant are skipped); over all groups:
@@ -114,8 +117,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("UNITS", "DEGREES"),
                    help="also roll the physics from T poses perturbed by this std (the noise ceiling)")
+    p.add_argument("--copies", type=int, default=1, help="with --perturb: perturbed physics runs; > 1 adds the smoothed reference")
     p.add_argument("--out", type=Path, default=None, help="JSON of the results")
     args = p.parse_args()
+    if args.copies < 1:
+        p.error(f"--copies must be >= 1, got {args.copies}")
     if max(args.horizons) > args.decisions:
         p.error(f"--horizons must be <= --decisions {args.decisions}")
 
@@ -159,7 +165,9 @@ def main() -> None:
     if args.perturb:
         gen = torch.Generator().manual_seed(args.seed + 1)
         std = torch.tensor([args.perturb[0], args.perturb[0], np.deg2rad(args.perturb[1])])
-        perturbed = roll(SimulatorImagination(agent_pos, block_pose + std * torch.randn(s, 3, generator=gen), 64))
+        copies = [roll(SimulatorImagination(agent_pos, block_pose + std * torch.randn(s, 3, generator=gen), 64))
+                  for _ in range(args.copies)]
+        perturbed = copies[0]
     from wam_env.pixels import PixelImagination
 
     models = {}
@@ -182,12 +190,20 @@ def main() -> None:
             scores[f"model_heads_guarded_{mode}"] = heads_fitness(r, d, guard_targets=tgt)
             scores[f"model_heads_distance_{mode}"] = heads_fitness(r, d, success=False)
         step = pgpe_direction(ref, eps, g)
+        smoothed = None
+        if args.perturb and args.copies > 1:
+            smoothed = torch.stack([pose_fitness(c["object_pose"], tgt, d) for c in copies[1:]]).mean(0)
+            scores["physics_true"] = ref
         row: dict = {"true_success": float((ref > 0).float().mean()),
                      "true_fitness_spread": float(ref.view(-1, g).std(1).mean())}
         for name, f in scores.items():
             rho, groups = group_spearman(f, ref, g)
             cos = torch.nn.functional.cosine_similarity(pgpe_direction(f, eps, g), step, dim=0)
             row[name] = {"spearman": rho, "groups": groups, "step_cosine": float(cos)}
+            if smoothed is not None:
+                rho_s, _ = group_spearman(f, smoothed, g)
+                cos_s = torch.nn.functional.cosine_similarity(pgpe_direction(f, eps, g), pgpe_direction(smoothed, eps, g), dim=0)
+                row[name].update(spearman_smoothed=rho_s, step_cosine_smoothed=float(cos_s))
         for mode, r in drifting.items():
             gap = block_centroid(r["object_pose"][d].double().numpy()) - block_centroid(physics["object_pose"][d].double().numpy())
             row[f"drift_{mode}"] = float(np.linalg.norm(gap, axis=-1).mean())
