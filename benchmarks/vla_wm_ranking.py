@@ -120,8 +120,8 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=1, help="with --perturb: perturbed physics runs; > 1 adds the smoothed reference")
     p.add_argument("--out", type=Path, default=None, help="JSON of the results")
     args = p.parse_args()
-    if args.copies < 1:
-        p.error(f"--copies must be >= 1, got {args.copies}")
+    if args.copies < 1 or (args.copies > 1 and not args.perturb):
+        p.error(f"--copies must be >= 1 and needs --perturb when > 1, got {args.copies}")
     if max(args.horizons) > args.decisions:
         p.error(f"--horizons must be <= --decisions {args.decisions}")
 
