@@ -117,6 +117,9 @@ def _state_rows(run: Path, seed: int, episodes: int) -> dict[str, np.ndarray] | 
         return dict(z)
 
 
+OBJECT_HEAD_PARAMS = ("object_dynamics_hidden", "object_dynamics_frame")  # what `objects` may override
+
+
 def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overrides: dict[str, Any] | None = None) -> None:
     """A fresh object-dynamics head (the config's ``object_dynamics_hidden`` and ``object_dynamics_frame``,
     or ``overrides`` of them) on a trained checkpoint
@@ -129,7 +132,8 @@ def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overr
     data, tr, va, _ = _frames(run, seed, model_cfg, task_cfg)
     old, extra, tensors = load_checkpoint(source)
     torch.manual_seed(seed)
-    head = {k: {**model_cfg["params"], **(overrides or {})}[k] for k in ("object_dynamics_hidden", "object_dynamics_frame")}
+    params = {**model_cfg["params"], **(overrides or {})}
+    head = {k: params[k] for k in OBJECT_HEAD_PARAMS}
     model = build_model("pixel_dit", old.spec, **{**old.config(), **head})
     kept = {k: v for k, v in old.state_dict().items() if not k.startswith("object_dynamics.")}
     missing, unexpected = model.load_state_dict(kept, strict=False)
@@ -461,6 +465,8 @@ def main() -> None:
     elif args.phase == "objects":
         if not args.continue_from:
             p.error("objects needs --continue-from CHECKPOINT")
+        if set(overrides) - set(OBJECT_HEAD_PARAMS):
+            p.error(f"objects replaces only the object-dynamics head: --param may set {OBJECT_HEAD_PARAMS}, got {sorted(overrides)}")
         refine_objects(Path(args.run), args.seed, args.continue_from, args.state_episodes, overrides)
     elif args.phase == "tokenizer":
         tokenizer_study(Path(args.run), args.seed, args.latent_channels, args.tokenizer_channels, args.tokenizer_steps, args.tag,
