@@ -190,20 +190,21 @@ def main() -> None:
             scores[f"model_heads_guarded_{mode}"] = heads_fitness(r, d, guard_targets=tgt)
             scores[f"model_heads_distance_{mode}"] = heads_fitness(r, d, success=False)
         step = pgpe_direction(ref, eps, g)
-        smoothed = None
+        smoothed = smoothed_step = None
         if args.perturb and args.copies > 1:
             smoothed = torch.stack([pose_fitness(c["object_pose"], tgt, d) for c in copies[1:]]).mean(0)
+            smoothed_step = pgpe_direction(smoothed, eps, g)
             scores["physics_true"] = ref
         row: dict = {"true_success": float((ref > 0).float().mean()),
                      "true_fitness_spread": float(ref.view(-1, g).std(1).mean())}
         for name, f in scores.items():
             rho, groups = group_spearman(f, ref, g)
-            cos = torch.nn.functional.cosine_similarity(pgpe_direction(f, eps, g), step, dim=0)
-            row[name] = {"spearman": rho, "groups": groups, "step_cosine": float(cos)}
+            direction = pgpe_direction(f, eps, g)
+            row[name] = {"spearman": rho, "groups": groups,
+                         "step_cosine": float(torch.nn.functional.cosine_similarity(direction, step, dim=0))}
             if smoothed is not None:
-                rho_s, _ = group_spearman(f, smoothed, g)
-                cos_s = torch.nn.functional.cosine_similarity(pgpe_direction(f, eps, g), pgpe_direction(smoothed, eps, g), dim=0)
-                row[name].update(spearman_smoothed=rho_s, step_cosine_smoothed=float(cos_s))
+                row[name].update(spearman_smoothed=group_spearman(f, smoothed, g)[0],
+                                 step_cosine_smoothed=float(torch.nn.functional.cosine_similarity(direction, smoothed_step, dim=0)))
         for mode, r in drifting.items():
             gap = block_centroid(r["object_pose"][d].double().numpy()) - block_centroid(physics["object_pose"][d].double().numpy())
             row[f"drift_{mode}"] = float(np.linalg.norm(gap, axis=-1).mean())

@@ -101,21 +101,21 @@ class ObjectDynamicsHead(nn.Module):
 
     def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         last = poses[:, -1]
-        c, s = last[:, None, 2], last[:, None, 3]  # (B, 1)
+        c, s = last[:, None, 2], last[:, None, 3]  # (B, 1): the object's heading a
 
-        def in_object_frame(p: torch.Tensor) -> torch.Tensor:  # (B, N, 2) relative -> rotated by -a
-            return torch.stack([c * p[..., 0] + s * p[..., 1], c * p[..., 1] - s * p[..., 0]], dim=-1)
+        def turned(p: torch.Tensor, sign: float) -> torch.Tensor:  # (B, N, 2) rotated by sign * a
+            return torch.stack([c * p[..., 0] - sign * s * p[..., 1], sign * s * p[..., 0] + c * p[..., 1]], dim=-1)
 
         rel_poses, rel_agent, rel_action = poses[..., :2] - last[:, None, :2], agent - last[:, None, :2], actions - last[:, None, :2]
         if self.frame == "image":
             x = torch.cat([rel_poses.flatten(1), poses[..., 2:].flatten(1), last,
-                           rel_agent.flatten(1), in_object_frame(rel_agent).flatten(1), rel_action.flatten(1)], dim=-1)
+                           rel_agent.flatten(1), turned(rel_agent, -1).flatten(1), rel_action.flatten(1)], dim=-1)
             return self.net(x) * self.SCALE
-        turn = torch.stack([poses[..., 2] * c + poses[..., 3] * s, poses[..., 3] * c - poses[..., 2] * s], dim=-1)  # a_i - a
-        x = torch.cat([in_object_frame(rel_poses).flatten(1), turn.flatten(1), last,
-                       in_object_frame(rel_agent).flatten(1), in_object_frame(rel_action).flatten(1)], dim=-1)
+        # every input in the object's frame (the headings too: (cos, sin) of a_i - a), the change turned back
+        x = torch.cat([turned(rel_poses, -1).flatten(1), turned(poses[..., 2:], -1).flatten(1), last,
+                       turned(rel_agent, -1).flatten(1), turned(rel_action, -1).flatten(1)], dim=-1)
         d = self.net(x) * self.SCALE  # (dx, dy) in the object's frame, da
-        return torch.stack([c[:, 0] * d[:, 0] - s[:, 0] * d[:, 1], s[:, 0] * d[:, 0] + c[:, 0] * d[:, 1], d[:, 2]], dim=-1)
+        return torch.cat([turned(d[:, None, :2], 1)[:, 0], d[:, 2:]], dim=-1)
 
     @staticmethod
     def step(pose: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
