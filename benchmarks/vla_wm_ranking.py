@@ -78,6 +78,11 @@ def pgpe_direction(fitness: torch.Tensor, eps: torch.Tensor, group: int) -> torc
     return (group_advantages(fitness, group)[:, None] * eps).mean(0)
 
 
+def step_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine between two PGPE step directions (P,)."""
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 def pose_fitness(pose: torch.Tensor, targets: np.ndarray, calls: int) -> torch.Tensor:
     """Fitness (B,) from T poses (D + 1, B, 3) on the frames after each call, over the first ``calls`` calls:
     success (closest < radius) - closest distance / 100."""
@@ -167,7 +172,6 @@ def main() -> None:
         std = torch.tensor([args.perturb[0], args.perturb[0], np.deg2rad(args.perturb[1])])
         copies = [roll(SimulatorImagination(agent_pos, block_pose + std * torch.randn(s, 3, generator=gen), 64))
                   for _ in range(args.copies)]
-        perturbed = copies[0]
     from wam_env.pixels import PixelImagination
 
     models = {}
@@ -176,14 +180,14 @@ def main() -> None:
         imag.seed(args.seed)
         models[mode] = roll(imag)
 
-    drifting = {**({"physics_perturbed": perturbed} if args.perturb else {}), **models}
+    drifting = {**({"physics_perturbed": copies[0]} if args.perturb else {}), **models}
     results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "heads_calibration": calib,
                      "horizons": {}}
     for d in args.horizons:
         ref = pose_fitness(physics["object_pose"], tgt, d)
         scores = {"physics_heads": heads_fitness(physics, d), "physics_heads_distance": heads_fitness(physics, d, success=False)}
         if args.perturb:
-            scores["physics_perturbed"] = pose_fitness(perturbed["object_pose"], tgt, d)
+            scores["physics_perturbed"] = pose_fitness(copies[0]["object_pose"], tgt, d)
         for mode, r in models.items():
             scores[f"model_pose_{mode}"] = pose_fitness(r["object_pose"], tgt, d)
             scores[f"model_heads_{mode}"] = heads_fitness(r, d)
@@ -191,7 +195,7 @@ def main() -> None:
             scores[f"model_heads_distance_{mode}"] = heads_fitness(r, d, success=False)
         step = pgpe_direction(ref, eps, g)
         smoothed = smoothed_step = None
-        if args.perturb and args.copies > 1:
+        if args.copies > 1:  # (needs --perturb)
             smoothed = torch.stack([pose_fitness(c["object_pose"], tgt, d) for c in copies[1:]]).mean(0)
             smoothed_step = pgpe_direction(smoothed, eps, g)
             scores["physics_true"] = ref
@@ -200,11 +204,10 @@ def main() -> None:
         for name, f in scores.items():
             rho, groups = group_spearman(f, ref, g)
             direction = pgpe_direction(f, eps, g)
-            row[name] = {"spearman": rho, "groups": groups,
-                         "step_cosine": float(torch.nn.functional.cosine_similarity(direction, step, dim=0))}
+            row[name] = {"spearman": rho, "groups": groups, "step_cosine": step_cosine(direction, step)}
             if smoothed is not None:
                 row[name].update(spearman_smoothed=group_spearman(f, smoothed, g)[0],
-                                 step_cosine_smoothed=float(torch.nn.functional.cosine_similarity(direction, smoothed_step, dim=0)))
+                                 step_cosine_smoothed=step_cosine(direction, smoothed_step))
         for mode, r in drifting.items():
             gap = block_centroid(r["object_pose"][d].double().numpy()) - block_centroid(physics["object_pose"][d].double().numpy())
             row[f"drift_{mode}"] = float(np.linalg.norm(gap, axis=-1).mean())
