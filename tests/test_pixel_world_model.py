@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import wam_env  # noqa: F401  (registers the env ids)
+from wam_env.pixels import PixelImagination
 from world_models import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from world_models.data import DatasetError
+from world_models.pixel.dynamics import LatentFlowDiT, frame_mask
 from world_models.pixel.frames import FrameStore, FrameWindows
 from world_models.pixel.tokenizer import CausalVideoTokenizer, to_uint8, to_unit
 from world_models.pixel.reward import ObjectDynamicsHead
@@ -99,6 +101,36 @@ def test_tokenizer_is_causal_and_round_trips(trained_square_model):
     assert torch.equal(to_uint8(to_unit(torch.as_tensor(square_frames(np.array([[100.0, 200.0]]))))), torch.as_tensor(square_frames(np.array([[100.0, 200.0]]))))
     _, _, metrics = trained_square_model
     assert metrics["tokenizer_psnr"] > 18.0 and metrics["tokenizer_ssim"] > 0.5
+
+
+def test_dit_clean_stream_is_computed_once_and_matches_the_joint_pass():
+    """Generation runs the clean context through the DiT once and reuses its keys and values at every
+    Euler step: the velocity must equal one pass over clean and noisy tokens together under the mask."""
+    torch.manual_seed(0)
+    dit = LatentFlowDiT(4, (4, 4), cond_dim=3, dim=32, depth=2, heads=4, patch=2, token_extra=5)
+    for p in dit.parameters():  # adaLN-Zero starts at zero; give every path weight
+        p.data.normal_(0, 0.2)
+    b, l, n = 2, 3, dit.tokens
+    clean, clean_tau, clean_cond = torch.randn(b, l, 4, 4, 4), torch.rand(b, l), torch.randn(b, l, 3)
+    noisy, noisy_tau, noisy_cond = torch.randn(b, 1, 4, 4, 4), torch.rand(b, 1), torch.randn(b, 1, 3)
+    clean_extra, noisy_extra, at = torch.randn(b, l, n, 5), torch.randn(b, 1, n, 5), torch.tensor([l])
+    context = dit.context(clean, clean_tau, clean_cond, clean_extra)
+    fast = dit.velocity(context, noisy, noisy_tau, noisy_cond, at, noisy_extra)
+    # reference: clean and noisy tokens through every block together, the full frame mask
+    xc, cc = dit._tokens(dit.embed(torch.cat([dit.patchify(clean), clean_extra], -1)), torch.arange(l), False, clean_tau, clean_cond)
+    xn, cn = dit._tokens(dit.embed_noisy(torch.cat([dit.patchify(noisy), dit.patchify(clean[:, -1:]), noisy_extra], -1)), at,
+                         True, noisy_tau, noisy_cond)
+    x, cond = torch.cat([xc, xn], 1), torch.cat([cc, cn], 1)
+    mask = frame_mask(torch.arange(l + 1).repeat_interleave(n), (torch.arange(l + 1) == l).repeat_interleave(n))
+    for block in dit.blocks:
+        x, _ = block(x, cond, mask)
+    shift, scale = dit.ada_out(torch.nn.functional.silu(cn))[:, :, None].chunk(2, dim=-1)
+    joint = dit.unpatchify(dit.out(dit.norm_out(x[:, l:]) * (1 + scale) + shift))
+    assert fast.abs().mean() > 0.1
+    assert torch.allclose(fast, joint, atol=1e-5)
+    # the context does not depend on the noisy frame: a second Euler step reuses it unchanged
+    again = dit.velocity(context, torch.randn_like(noisy), noisy_tau, noisy_cond, at, noisy_extra)
+    assert not torch.allclose(again, fast) and torch.equal(context.kv[0][0], dit.context(clean, clean_tau, clean_cond, clean_extra).kv[0][0])
 
 
 def test_psnr_ssim_sanity():
@@ -196,7 +228,7 @@ def test_decoder_draws_the_agent_from_its_state():
     train_tokenizer(model, rows, square_rows(4, seed=1), cfg, progress=False)
     here, there = np.array([[100.0, 100.0]] * 2), np.array([[400.0, 380.0], [100.0, 100.0]])
     with torch.no_grad():
-        z = model.tokenizer.encode_next(to_unit(torch.as_tensor(square_frames(here))), to_unit(torch.as_tensor(square_frames(here))))
+        z = model.tokenizer.encode(to_unit(torch.as_tensor(square_frames(here)))[:, None])[:, 0]
         frames = to_uint8(model.tokenizer.decode(z, model.norm_obs(torch.as_tensor(there, dtype=torch.float32))))
     moved, stayed = torch.as_tensor(square_frames(there)), torch.as_tensor(square_frames(here))
     assert float(psnr(frames[0], moved[0])) > float(psnr(frames[0], stayed[0])) + 3  # drawn at the state, not the latent
@@ -253,7 +285,7 @@ def test_decoder_draws_the_object_from_its_pose():
     r = {k: torch.as_tensor(v) for k, v in held_out.items()}
     a, b = torch.arange(0, 40, 2), torch.arange(1, 41, 2)  # pairs of different poses
     with torch.no_grad():
-        z = model.tokenizer.encode_next(to_unit(r["pixels"][a]), to_unit(r["pixels"][a]))
+        z = model.tokenizer.encode(to_unit(r["pixels"][a])[:, None])[:, 0]
         drawn = to_uint8(model.tokenizer.decode(z, model.norm_obs(r["agent_pos"][b]), model.norm_object_pose(r["block_pose"][b])))
     to_b, to_a = float(psnr(drawn, r["pixels"][b]).mean()), float(psnr(drawn, r["pixels"][a]).mean())
     assert to_b > to_a + 3, (to_b, to_a)
@@ -282,7 +314,7 @@ def test_decoder_draws_the_object_from_its_pose():
     assert torch.allclose(dyn.change(before["object_pose"][:, -1], carry["object_pose"][:, -1]), dyn(
         before["object_pose"], torch.cat([model.norm_obs(before["agent_pos"]), model.norm_obs(pred.obs)[:, None]], dim=1),
         torch.cat([model.norm_action(before["prev_action"]), model.norm_action(r["agent_pos"][3:6])[:, None]], dim=1)), atol=1e-5)
-    again = model.tokenizer.encode_next(to_unit(pred.extras["pixels"]), to_unit(r["pixels"][:3]))
+    again = model.tokenizer.encode(to_unit(torch.stack([r["pixels"][:3], pred.extras["pixels"]], dim=1)))[:, 1]
     assert torch.allclose(carry["latents"][:, -1], again, atol=1e-5)  # the context is the drawn frame's latent
     windows = FrameWindows({**{k: rows[k] for k in ("agent_pos", "action", "coverage", "episode")},
                             "latents": encode_rows(model, {k: torch.as_tensor(v) for k, v in rows.items()})}, context=2, future=1)
@@ -375,6 +407,15 @@ def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):
         obs, reward, term, trunc, info = venv.step(torch.full((5, 2), 256.0))
     assert bool(trunc.all()) and info["final_obs"]["pixels"].shape == (5, SIZE, SIZE, 3)
     assert venv.render().shape == (5, SIZE, SIZE, 3)
+
+    imagination = PixelImagination(model, {"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]})
+    carry = imagination.start(4, index=torch.tensor([2, 0, 2, 1]))  # a repeated start frame is observed once
+    pick = torch.tensor([2, 0, 1])
+    obs = {"pixels": imagination.start_pixels[pick], "agent_pos": imagination.start_pos[pick]}
+    each = model.observe(model.initial(3), obs, obs["agent_pos"], torch.ones(3, dtype=torch.bool))
+    assert set(carry) == set(each)
+    for k, v in each.items():
+        assert torch.allclose(carry[k].float(), v[torch.tensor([0, 1, 0, 2])].float(), atol=1e-5), k
 
 
 def test_cosmos_adapter_builds_and_steps():

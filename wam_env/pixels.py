@@ -88,9 +88,13 @@ class PixelImagination:
             pick = torch.as_tensor(index, dtype=torch.long, device=self.device)
             if pick.shape != (n,) or bool(((pick < 0) | (pick >= len(self.start_pixels))).any()):
                 raise ValueError(f"start index must be ({n},) in [0, {len(self.start_pixels)}), got {tuple(pick.shape)}")
-        obs = {"pixels": self.start_pixels[pick], "agent_pos": self.start_pos[pick]}
-        first = torch.ones(n, dtype=torch.bool, device=self.device)
-        return self.model.observe(self.model.initial(n), obs, obs["agent_pos"], first)
+        # each distinct start frame is observed once (a GRPO / PGPE group repeats its start; observing
+        # fits the object's pose by render-and-compare, the costly part) and its carry repeated
+        frames, row = torch.unique(pick, return_inverse=True)
+        obs = {"pixels": self.start_pixels[frames], "agent_pos": self.start_pos[frames]}
+        first = torch.ones(len(frames), dtype=torch.bool, device=self.device)
+        carry = self.model.observe(self.model.initial(len(frames)), obs, obs["agent_pos"], first)
+        return {k: v[row] for k, v in carry.items()}
 
     def object_pose(self, carry: Carry) -> torch.Tensor | None:
         """The pushed object's pose (B, 3) (x, y, angle rad) the model carries, or None (no object head)."""

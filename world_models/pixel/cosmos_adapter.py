@@ -48,7 +48,7 @@ class DiffusersVideoTokenizer(nn.Module):
         self.vae = vae
         cfg = vae.config
         self.latent_channels = int(getattr(cfg, "z_dim", None) or cfg.latent_channels)
-        c = self.latent_channels
+        c = self.feature_channels = self.latent_channels
         mean = getattr(cfg, "latents_mean", None)
         std = getattr(cfg, "latents_std", None)
         self.register_buffer("mean", torch.tensor(mean[:c] if mean else [0.0] * c, dtype=torch.float32).view(c, 1, 1), persistent=False)
@@ -61,8 +61,12 @@ class DiffusersVideoTokenizer(nn.Module):
         z = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mean[:, :, 0].float()
         return ((z - self.mean) / self.std).unflatten(0, (b, t))
 
-    def encode_next(self, frame: torch.Tensor, prev_frame: torch.Tensor) -> torch.Tensor:
-        return self.encode(frame[:, None])[:, 0]
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> latents (N, C, h, w): the VAE encodes every frame alone."""
+        return self.encode(frames[:, None])[:, 0]
+
+    def mix(self, features: torch.Tensor, prev_features: torch.Tensor) -> torch.Tensor:
+        return features
 
     def decode(self, latents: torch.Tensor, agent_pos: torch.Tensor | None = None) -> torch.Tensor:
         """(..., C, h, w) -> (..., 3, H, W); ``agent_pos`` is unused (the VAE draws the whole frame)."""
@@ -97,8 +101,9 @@ class _ActionTimeEmbedding(nn.Module):
 
 class CosmosDenoiser(nn.Module):
     """``CosmosTransformer3DModel`` behind :class:`~world_models.pixel.dynamics.LatentFlowDiT`'s call
-    signature (clean context + noisy frames -> velocities, native conventions). Each noisy frame
-    is denoised in its own Video2World call over the clean frames before it."""
+    signature (clean context + noisy frames -> velocities, native conventions; ``context`` /
+    ``velocity`` too, the context kept as inputs). Each noisy frame is denoised in its own
+    Video2World call over the clean frames before it."""
 
     def __init__(self, transformer: nn.Module, cond_dim: int, fps: int = 10):
         super().__init__()
@@ -110,6 +115,17 @@ class CosmosDenoiser(nn.Module):
         self.transformer.time_embed = _ActionTimeEmbedding(transformer.time_embed, cond_dim, hidden)
         self.prompt = nn.Parameter(torch.zeros(1, 1, cfg.text_embed_dim))  # learned "empty prompt"
         self.fps = fps
+
+    def context(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
+                clean_extra: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The clean frames as they are: Video2World attends over them afresh in every call."""
+        if clean_extra is not None:
+            raise ValueError("the Cosmos denoiser takes no per-token features: build the model with agent_maps=False")
+        return clean, clean_tau, clean_cond
+
+    def velocity(self, context: tuple[torch.Tensor, ...], noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
+                 noisy_frames: torch.Tensor, noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self(*context, noisy, noisy_tau, noisy_cond, noisy_frames, None, noisy_extra)
 
     def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor, noisy: torch.Tensor,
                 noisy_tau: torch.Tensor, noisy_cond: torch.Tensor, noisy_frames: torch.Tensor,

@@ -23,6 +23,7 @@ steps of the flow x_tau = tau * x1 + (1 - tau) * x0 (x0 ~ N(0, I), tau = 1 clean
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation by per-token conditioning."""
+    """Pre-norm transformer block with adaLN-Zero modulation by per-frame conditioning."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -53,16 +54,29 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, S, dim), cond (B, S, dim) per-token conditioning, mask (S, S) bool (True = may attend)."""
-        s1, g1, a1, s2, g2, a2 = self.ada(F.silu(cond)).chunk(6, dim=-1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, F, n, dim): n tokens of each of F frames; cond (B, F, dim) per-frame conditioning;
+        mask (F * n, S) bool (True = may attend) over the keys: ``past``'s S - F * n tokens, then x's.
+        ``past``: keys and values (B, heads, S - F * n, dim / heads) of earlier tokens that x attends to
+        (the clean context while generating). Returns x's new tokens and their keys and values."""
+        b, f, n, d = x.shape
+        s1, g1, a1, s2, g2, a2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + g1) + s1
-        b, s, d = h.shape
-        q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, s, d)
+        q, k, v = self.qkv(h).view(b, f * n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        h = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).transpose(1, 2).reshape(b, f, n, d)
         x = x + a1 * self.proj(h)
         h = self.norm2(x) * (1 + g2) + s2
-        return x + a2 * self.mlp(h)
+        return x + a2 * self.mlp(h), (k, v)
+
+
+class DiTContext(NamedTuple):
+    """The clean stream of one window: its latents (B, L, C, h, w) and every block's keys and
+    values (B, heads, L * tokens, dim / heads)."""
+
+    clean: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def frame_mask(frame: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
@@ -123,49 +137,76 @@ class LatentFlowDiT(nn.Module):
         x = x.reshape(b, t, self.h // p, self.w // p, self.c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, t, self.c, self.h, self.w)
 
-    def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
-                noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
-                noisy_frames: torch.Tensor, clean_extra: torch.Tensor | None = None,
-                noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Velocities of the noisy frames.
+    def _tokens(self, x: torch.Tensor, frames: torch.Tensor, noisy: bool, tau: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded tokens (B, F, n, dim) + positions / stream, and per-frame conditioning (B, F, dim)."""
+        x = x + self.pos_space + self.pos_time[frames][None, :, None] + self.stream[int(noisy)]
+        return x, self.cond(torch.cat([cond, timestep_embedding(tau, self.dim)], dim=-1))
+
+    def context(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
+                clean_extra: torch.Tensor | None = None) -> DiTContext:
+        """Run the clean stream once: a clean frame attends only to clean frames up to it, so its tokens
+        do not depend on the noisy frames, and every Euler step of a generation reuses them.
 
         Args:
             clean: (B, L, C, h, w) context latents (normalized, possibly noise-augmented).
             clean_tau: (B, L) their noise level (1 = clean).
             clean_cond: (B, L, cond_dim) their conditioning.
+            clean_extra: (B, L, tokens, E) per-token features (required when ``token_extra`` > 0).
+        """
+        b, l = clean.shape[:2]
+        if l > self.max_frames:
+            raise ValueError(f"window of {l} frames exceeds max_frames={self.max_frames}")
+        dev = clean.device
+        inputs = [self.patchify(clean)]
+        if self.token_extra:
+            if clean_extra is None:
+                raise ValueError(f"this DiT takes {self.token_extra} per-token features: pass clean_extra and noisy_extra")
+            inputs.append(clean_extra)
+        frames = torch.arange(l, device=dev)
+        x, cond = self._tokens(self.embed(torch.cat(inputs, dim=-1)), frames, False, clean_tau, clean_cond)
+        mask = frame_mask(frames.repeat_interleave(self.tokens), torch.zeros(l * self.tokens, dtype=torch.bool, device=dev))
+        kv = []
+        for block in self.blocks:
+            x, past = block(x, cond, mask)
+            kv.append(past)
+        return DiTContext(clean, kv)
+
+    def velocity(self, context: DiTContext, noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
+                 noisy_frames: torch.Tensor, noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocities (B, G, C, h, w) (x1 - x0) of noisy frames given the clean stream's ``context``.
+
+        Args:
             noisy: (B, G, C, h, w) noisy latents x_tau of the frames being generated.
             noisy_tau: (B, G) flow time of each.
             noisy_cond: (B, G, cond_dim) their conditioning.
             noisy_frames: (G,) long, the window position of each noisy frame (>= 1; it attends
                 to the clean frames before it).
-            clean_extra, noisy_extra: (B, L, tokens, E) / (B, G, tokens, E) per-token features
-                (required when ``token_extra`` > 0).
-        Returns: (B, G, C, h, w) predicted velocity x1 - x0.
+            noisy_extra: (B, G, tokens, E) per-token features (required when ``token_extra`` > 0).
         """
-        b, l = clean.shape[:2]
-        g = noisy.shape[1]
-        if l > self.max_frames or int(noisy_frames.max()) >= self.max_frames:
-            raise ValueError(f"window of {l} frames exceeds max_frames={self.max_frames}")
-        dev = clean.device
-        frames = torch.cat([torch.arange(l, device=dev), noisy_frames.to(dev)])
-        is_noisy = torch.cat([torch.zeros(l, dtype=torch.bool, device=dev), torch.ones(g, dtype=torch.bool, device=dev)])
-        prev = self.patchify(clean[:, noisy_frames.to(dev) - 1])  # the frame each noisy frame follows
-        clean_in, noisy_in = [self.patchify(clean)], [self.patchify(noisy), prev]
+        clean = context.clean
+        l, g, n, dev = clean.shape[1], noisy.shape[1], self.tokens, clean.device
+        if int(noisy_frames.max()) >= self.max_frames:
+            raise ValueError(f"window of {int(noisy_frames.max()) + 1} frames exceeds max_frames={self.max_frames}")
+        noisy_frames = noisy_frames.to(dev)
+        inputs = [self.patchify(noisy), self.patchify(clean[:, noisy_frames - 1])]  # with the frame each noisy frame follows
         if self.token_extra:
-            if clean_extra is None or noisy_extra is None:
+            if noisy_extra is None:
                 raise ValueError(f"this DiT takes {self.token_extra} per-token features: pass clean_extra and noisy_extra")
-            clean_in.append(clean_extra)
-            noisy_in.append(noisy_extra)
-        x = torch.cat([self.embed(torch.cat(clean_in, dim=-1)), self.embed_noisy(torch.cat(noisy_in, dim=-1))], dim=1)
-        x = x + self.pos_space + self.pos_time[frames][None, :, None] + self.stream[is_noisy.long()][None, :, None]
-        tau = torch.cat([clean_tau, noisy_tau], dim=1)
-        cond = self.cond(torch.cat([torch.cat([clean_cond, noisy_cond], dim=1), timestep_embedding(tau, self.dim)], dim=-1))
-        n = self.tokens
-        x = x.flatten(1, 2)
-        cond = cond[:, :, None].expand(-1, -1, n, -1).flatten(1, 2)
-        mask = frame_mask(frames.repeat_interleave(n), is_noisy.repeat_interleave(n))
-        for block in self.blocks:
-            x = block(x, cond, mask)
-        shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=-1)
-        x = self.out(self.norm_out(x) * (1 + scale) + shift)
-        return self.unpatchify(x.unflatten(1, (l + g, n))[:, l:])
+            inputs.append(noisy_extra)
+        x, cond = self._tokens(self.embed_noisy(torch.cat(inputs, dim=-1)), noisy_frames, True, noisy_tau, noisy_cond)
+        frames = torch.cat([torch.arange(l, device=dev), noisy_frames]).repeat_interleave(n)
+        is_noisy = torch.cat([torch.zeros(l, dtype=torch.bool, device=dev), torch.ones(g, dtype=torch.bool, device=dev)]).repeat_interleave(n)
+        mask = frame_mask(frames, is_noisy)[l * n:]
+        for block, past in zip(self.blocks, context.kv):
+            x, _ = block(x, cond, mask, past)
+        shift, scale = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        return self.unpatchify(self.out(self.norm_out(x) * (1 + scale) + shift))
+
+    def forward(self, clean: torch.Tensor, clean_tau: torch.Tensor, clean_cond: torch.Tensor,
+                noisy: torch.Tensor, noisy_tau: torch.Tensor, noisy_cond: torch.Tensor,
+                noisy_frames: torch.Tensor, clean_extra: torch.Tensor | None = None,
+                noisy_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocities (B, G, C, h, w) of the noisy frames: :meth:`context` then :meth:`velocity` (see
+        their arguments); the whole teacher-forced window in one pass while training."""
+        return self.velocity(self.context(clean, clean_tau, clean_cond, clean_extra), noisy, noisy_tau, noisy_cond,
+                             noisy_frames, noisy_extra)

@@ -7,6 +7,10 @@ Observations are dicts, as the Gymnasium env's: ``{"pixels": (B, H, W, 3) uint8,
 
 - ``obs`` (B, S) agent state, ``pixels`` (B, H, W, 3) uint8 last frame (real or imagined),
 - ``latents`` (B, K, C, h, w) the last K latent frames (raw tokenizer units),
+- ``features`` (B, F, h, w) the tokenizer's per-frame features of the last frame it encoded (the
+  last real frame, or with an object head the last imagined one, which is encoded again), mixed
+  into the next encoded frame's latent (:meth:`CausalVideoTokenizer.mix`) instead of encoding
+  that frame a second time,
 - ``agent_pos`` (B, K, S) and ``prev_action`` (B, K, A): state shown by, and action that led to,
   each of those frames,
 - ``object_pose`` (B, K, 4) with ``decoder_object_extent`` > 0: the object's pose in those frames
@@ -233,6 +237,7 @@ class PixelWorldModel(WorldModel):
             "obs": torch.zeros(batch, s, device=dev),
             "pixels": torch.zeros(batch, self.frame_size, self.frame_size, 3, dtype=torch.uint8, device=dev),
             "latents": torch.zeros(batch, self.k, c, h, h, device=dev),
+            "features": torch.zeros(batch, self.tokenizer.feature_channels, h, h, device=dev),
             "agent_pos": torch.zeros(batch, self.k, s, device=dev),
             "prev_action": torch.zeros(batch, self.k, a, device=dev),
         }
@@ -257,8 +262,8 @@ class PixelWorldModel(WorldModel):
         self.check_obs(obs)
         px, pos = obs["pixels"], obs["agent_pos"].float()
         first = is_first.bool()
-        prev_px = torch.where(first[:, None, None, None], px, carry["pixels"])
-        z = self.tokenizer.encode_next(to_unit(px), to_unit(prev_px))
+        feat = self.tokenizer.features(to_unit(px))
+        z = self.tokenizer.mix(feat, torch.where(first[:, None, None, None], feat, carry["features"]))
         prev_action = torch.where(first[:, None], pos, prev_action.float())
 
         def push(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -266,7 +271,7 @@ class PixelWorldModel(WorldModel):
             filled = new[:, None].expand_as(hist)
             return torch.where(first.view(-1, *([1] * (hist.ndim - 1))), filled, rolled)
 
-        new = {"obs": pos, "pixels": px, "latents": push(carry["latents"], z),
+        new = {"obs": pos, "pixels": px, "latents": push(carry["latents"], z), "features": feat,
                "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
         if self.object_head is not None:
             new["object_pose"] = push(carry["object_pose"], self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z)))
@@ -277,13 +282,6 @@ class PixelWorldModel(WorldModel):
         for t in range(prev_action.shape[1]):
             carry = self.observe(carry, {k: v[:, t] for k, v in obs.items()}, prev_action[:, t], is_first[:, t])
         return carry
-
-    def _velocity(self, ctx: torch.Tensor, ctx_tau: torch.Tensor, ctx_cond: torch.Tensor, x: torch.Tensor,
-                  tau: torch.Tensor, cond: torch.Tensor, ctx_maps: torch.Tensor | None,
-                  maps: torch.Tensor | None) -> torch.Tensor:
-        frames = torch.tensor([ctx.shape[1]], device=ctx.device)
-        return self.dit(ctx, ctx_tau, ctx_cond, x[:, None], tau[:, None], cond[:, None], frames,
-                        ctx_maps, None if maps is None else maps[:, None])[:, 0]
 
     def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True,
                 generator: torch.Generator | None = None) -> tuple[Carry, Prediction]:
@@ -305,20 +303,24 @@ class PixelWorldModel(WorldModel):
         ctx_maps, maps = self.token_maps(states, acts), self.token_maps(pos_n, a)
         shape = ctx.shape[:1] + ctx.shape[2:]
         x = torch.randn(shape, device=dev, generator=generator) if sample else torch.zeros(shape, device=dev)
+        context = self.dit.context(ctx, ctx_tau, ctx_cond, ctx_maps)  # the clean stream, once for every Euler step
+        frames = torch.tensor([ctx.shape[1]], device=dev)
         n = self.sample_steps
         for i in range(n):
-            tau = torch.full((b,), i / n, device=dev)
-            x = x + self._velocity(ctx, ctx_tau, ctx_cond, x, tau, cond, ctx_maps, maps) / n
+            tau = torch.full((b, 1), i / n, device=dev)
+            x = x + self.dit.velocity(context, x[:, None], tau, cond[:, None], frames, None if maps is None else maps[:, None])[:, 0] / n
         if self.residual:
             x = ctx[:, -1] + self.delta_std[:, None, None] * x
         z = self.denorm_latent(x)
         if self.object_head is None:
             pixels = to_uint8(self.tokenizer.decode(z, pos_n))
+            feat = carry["features"]
         else:  # move the object by the object-dynamics head, draw it there, then take the drawn frame's latent as the state
             pose = self.roll_object(carry["object_pose"], torch.cat([states, pos_n[:, None]], dim=1),
                                     torch.cat([acts, a[:, None]], dim=1))[:, 0]
             pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose))
-            z = self.tokenizer.encode_next(to_unit(pixels), to_unit(carry["pixels"]))
+            feat = self.tokenizer.features(to_unit(pixels))
+            z = self.tokenizer.mix(feat, carry["features"])
         logit = self.coverage_head(z)
         coverage = torch.sigmoid(logit)
         pos = pos_n * self.obs_half + self.obs_mid
@@ -326,6 +328,7 @@ class PixelWorldModel(WorldModel):
         term_logit = logit - torch.log(thr / (1 - thr))  # > 0 exactly where coverage > success_coverage
         new = {"obs": pos, "pixels": pixels,
                "latents": torch.cat([carry["latents"][:, 1:], z[:, None]], dim=1),
+               "features": feat,
                "agent_pos": torch.cat([carry["agent_pos"][:, 1:], pos[:, None]], dim=1),
                "prev_action": torch.cat([carry["prev_action"][:, 1:], action.float()[:, None]], dim=1)}
         if self.object_head is not None:
