@@ -6,6 +6,7 @@
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model tokenizer --latent-channels 32 --tag _c32   # stage 1 alone, resized
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model train --run R2 --continue-from R1/world_model  # more DiT steps
     OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model objects --run R2 --continue-from R1/world_model  # a new object-dynamics head
+    OMP_NUM_THREADS=1 python -m benchmarks.pixel_world_model precision --run R   # open loop in float32 vs bfloat16
 
 ``train`` collects ``configs/tasks/pusht.yaml``'s frames (scripted pusher + noise) and
 ``--state-episodes`` episodes of state rows without frames (``run/states.npz``, for the heads on states), trains
@@ -402,6 +403,30 @@ def evaluate(run: Path, seed: int, starts: int = 16, horizon: int = 40) -> None:
     print_tables(res)
 
 
+def precision_study(run: Path, seed: int, starts: int = 64, horizon: int = 16) -> None:
+    """Open loop on held-out episodes with the DiT and tokenizer in float32 and in bfloat16 (the
+    mean flow, so that the two differ only by precision): PSNR against the real frames, PSNR of the
+    bfloat16 frames against the float32 ones, and the imagined pusher's error, at horizons 1, 8, 16;
+    and the wall-clock of each (one process, float32 first)."""
+    model, extra, _ = load_checkpoint(run / "world_model")
+    model.eval()
+    data = FrameStore(run / "data").load()
+    va = {k: v[np.isin(data["episode"], extra["val_episodes"])] for k, v in data.items()}
+    out: dict[str, dict] = {}
+    frames = {}
+    for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        t0 = time.time()
+        ol = open_loop(model, va, horizon=horizon, starts=starts, sample=False, seed=seed, autocast=dtype)
+        seconds = time.time() - t0
+        frames[name] = ol["imagined"]
+        p, err = ol["psnr"].mean(0).numpy(), ol["agent_error"].mean(0).numpy()
+        out[name] = {"seconds": seconds, **{f"h{h}": {"psnr_vs_real": float(p[h - 1]), "agent_error": float(err[h - 1])} for h in HORIZONS}}
+    between = psnr(frames["bfloat16"], frames["float32"]).mean(0).numpy()
+    out["bfloat16_vs_float32_psnr"] = {f"h{h}": float(between[h - 1]) for h in HORIZONS}
+    (run / "precision.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
 def print_tables(res: dict) -> None:
     t = res["train"]
     print(f"\ntokenizer (held-out frames): PSNR {t['tokenizer_psnr']:.2f} dB, SSIM {t['tokenizer_ssim']:.3f}; "
@@ -429,7 +454,7 @@ def print_tables(res: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["train", "objects", "eval", "oracles", "tokenizer"])
+    p.add_argument("phase", choices=["train", "objects", "eval", "oracles", "tokenizer", "precision"])
     p.add_argument("--run", default=str(ROOT / "runs/pixel_pusht"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-from", default=None, help="train: reuse the tokenizer of this checkpoint (skips stage 1)")
@@ -476,6 +501,8 @@ def main() -> None:
         print("| oracle | " + " | ".join(f"PSNR h={h}" for h in HORIZONS) + " |\n|---|" + "---|" * len(HORIZONS))
         for name, v in res.items():
             print(f"| {name} | " + " | ".join(f"{v[f'h{h}']:.2f}" for h in HORIZONS) + " |")
+    elif args.phase == "precision":
+        precision_study(Path(args.run), args.seed, starts=64)
     else:
         evaluate(Path(args.run), args.seed, args.starts, args.horizon)
 

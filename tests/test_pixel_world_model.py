@@ -417,6 +417,17 @@ def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):
     for k, v in each.items():
         assert torch.allclose(carry[k].float(), v[torch.tensor([0, 1, 0, 2])].float(), atol=1e-5), k
 
+    with pytest.raises(ValueError, match="precision"):
+        PixelImagination(model, {"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]}, precision="fp8")
+    half = PixelImagination(model, {"pixels": rows["pixels"][first], "agent_pos": rows["agent_pos"][first]}, precision="bfloat16")
+    steps = {}
+    for name, im in (("float32", imagination), ("bfloat16", half)):
+        im.seed(0)
+        steps[name] = im.step(carry, torch.full((4, 2), 300.0))[0]
+    for k, v in steps["float32"].items():  # bfloat16 inside the DiT and tokenizer only: the carry keeps its dtypes
+        assert steps["bfloat16"][k].dtype == v.dtype, k
+    assert (steps["bfloat16"]["pixels"].float() - steps["float32"]["pixels"].float()).abs().mean() < 3.0
+
 
 def test_cosmos_adapter_builds_and_steps():
     pytest.importorskip("diffusers", reason="the Cosmos adapter needs the `pixels` extra (diffusers)")

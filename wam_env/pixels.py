@@ -39,10 +39,17 @@ class PixelImagination:
             ``agent_pos`` (S, 2) (the first frames of real episodes); default: the checkpoint's.
         device: torch device.
         sample: sample the flow from noise (True) or integrate it from the prior's mean (False).
+        precision: "float32", or "bfloat16": the DiT and the tokenizer compute in bfloat16 while
+            imagining (:meth:`PixelWorldModel.imagine`'s ``autocast``; observing start frames stays float32).
     """
 
+    PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
     def __init__(self, model: PixelWorldModel | str | Path, start_data: str | Path | dict | None = None,
-                 device: str | torch.device = "cpu", sample: bool = True):
+                 device: str | torch.device = "cpu", sample: bool = True, precision: str = "float32"):
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(self.PRECISIONS)}, got {precision!r}")
+        self.autocast = self.PRECISIONS[precision]
         self.device = torch.device(device)
         tensors: dict[str, torch.Tensor] = {}
         if isinstance(model, (str, Path)):
@@ -114,7 +121,7 @@ class PixelImagination:
     def step(self, carry: Carry, action: torch.Tensor) -> tuple[Carry, dict[str, torch.Tensor]]:
         """One imagined step for every env: new carry and ``pixels``, ``agent_pos``, ``reward``,
         ``terminated``, ``diverged``, ``coverage`` (batch first)."""
-        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator)
+        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast)
         diverged = ~torch.isfinite(pred.extras["latent"]).flatten(1).all(-1) | ~torch.isfinite(pred.obs).all(-1)
         if bool(diverged.any()):
             for k in new:

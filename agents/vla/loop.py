@@ -66,6 +66,7 @@ class PostTrainConfig:
     near_distance: float = 120.0    # world units
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
     imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
+    precision: str = "float32"      # or "bfloat16": the world model's DiT and tokenizer while imagining (PixelImagination)
     explore_std: float | None = None  # exploration std (world units) the post-trained policy starts from; None: the warm start's
     pose_guard: bool = False        # an imagined success also needs the model's own T pose in the region (an object head)
     seed: int = 0
@@ -159,9 +160,9 @@ class StartPool:
                 start[:k], vi[:k] = pick[:, 0], pick[:, 1]
         return start, vi
 
-    def imagination(self, model, device: str | torch.device, backend: str = "world_model"):
-        """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model")
-        or in the Push-T physics (backend "simulator", needs ``block_pose``)."""
+    def imagination(self, model, device: str | torch.device, backend: str = "world_model", precision: str = "float32"):
+        """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model",
+        computing in ``precision``) or in the Push-T physics (backend "simulator", needs ``block_pose``)."""
         if backend not in IMAGINATION_BACKENDS:
             raise ValueError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {backend!r}")
         if backend == "simulator":
@@ -170,7 +171,7 @@ class StartPool:
             return SimulatorImagination(self.agent_pos, self.block_pose, self.pixels.shape[1], device)
         from wam_env.pixels import PixelImagination
 
-        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device)
+        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, precision=precision)
 
 
 def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -211,7 +212,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     v = len(variants)
     targets = variant_targets(variants)
     history, refinements, new_rows, video = [], [], [], None
-    imagination = pool.imagination(model, device, cfg.imagination)
+    imagination = pool.imagination(model, device, cfg.imagination, cfg.precision)
     imagination.seed(cfg.seed)
     if cfg.pose_guard and imagination.object_pose(imagination.start(1, torch.zeros(1, dtype=torch.long))) is None:
         raise ValueError("post_train.pose_guard needs a world model that carries the T's pose (an object head)")
@@ -262,7 +263,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             model.eval()
             refinements.append({"round": rnd, "rows": int(len(loop_rows["step"])), **metrics})
             new_rows = []
-            imagination = pool.imagination(model, device)
+            imagination = pool.imagination(model, device, precision=cfg.precision)
             imagination.seed(cfg.seed + rnd + 1)
     return {"history": history, "refinements": refinements, "video": video, "seconds": time.time() - t0}
 
@@ -283,13 +284,13 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
     real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius,
                          policy.cfg.image_size)
     paired = paired_imagination(policy, model, success, lang_table, real, cfg.decisions, radius, variant_targets(variants), device,
-                                cfg.imagination, cfg.seed)
+                                cfg.imagination, cfg.seed, cfg.precision)
     return {"real_success": real["success_rate"], **paired, "rows": real["rows"]}
 
 
 def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor, real: dict,
                        decisions: int, radius: float, targets: np.ndarray, device: str | torch.device,
-                       backend: str = "world_model", seed: int = 0) -> dict:
+                       backend: str = "world_model", seed: int = 0, precision: str = "float32") -> dict:
     """Imagine the real episodes ``real`` (:func:`evaluate_real`'s output) again: from their first frames, under
     their instructions, the deterministic chunk for ``decisions`` calls (``horizon`` = decisions x chunk steps),
     and compare the outcomes episode by episode.
@@ -301,7 +302,7 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     imagination's own T was in the region at a frame the heads called a success (a false one of these is the
     dynamics' error; one without is the heads' error on an imagined frame)."""
     first = StartPool(_first_frames(real["rows"]))
-    imag = first.imagination(model, device, backend)
+    imag = first.imagination(model, device, backend, precision)
     imag.seed(seed)
     n = len(real["success"])
     vi = torch.as_tensor(real["variant"])

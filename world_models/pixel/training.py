@@ -295,10 +295,11 @@ def start_rows(episode: torch.Tensor, horizon: int, count: int, seed: int = 0) -
 
 @torch.no_grad()
 def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts: int = 32, sample: bool = False,
-              seed: int = 0) -> dict[str, torch.Tensor]:
+              seed: int = 0, autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Open-loop rollouts on held-out rows: warm up on the real frames up to a start row (the
     frames before it in its episode, at most K), then imagine ``horizon`` steps with the real
-    actions. Starts are drawn among rows with ``horizon`` real successors.
+    actions (``autocast``: see :meth:`PixelWorldModel.imagine`). Starts are drawn among rows with
+    ``horizon`` real successors.
 
     Returns ``real`` / ``imagined`` (S, horizon, H, W, 3) uint8, ``psnr`` / ``ssim`` (S, horizon),
     ``coverage`` (S, horizon) true and ``coverage_pred`` (S, horizon) from the head, and
@@ -317,7 +318,7 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
     gen = torch.Generator(device=start.device).manual_seed(seed)
     imagined, cov_pred, agent_pred = [], [], []
     for h in range(horizon):
-        carry, pred = model.imagine(carry, r["action"][start + h], sample=sample, generator=gen)
+        carry, pred = model.imagine(carry, r["action"][start + h], sample=sample, generator=gen, autocast=autocast)
         imagined.append(pred.extras["pixels"])
         cov_pred.append(pred.extras["coverage"])
         agent_pred.append(pred.obs)
