@@ -17,7 +17,10 @@ copy of every frame (context, lightly noised: noise augmentation, level embedded
 *noisy* copy of frames 1..L-1 (flow-matching targets). A noisy frame attends to the clean
 frames before it and to itself; a clean frame to the clean frames up to it. Generation uses
 the same mask with K clean context frames and one noisy frame, integrated by a few Euler
-steps of the flow x_tau = tau * x1 + (1 - tau) * x0 (x0 ~ N(0, I), tau = 1 clean).
+steps of the flow x_tau = tau * x1 + (1 - tau) * x0 (x0 ~ N(0, I), tau = 1 clean). Since no
+clean token attends to a noisy one, the clean stream runs once (:meth:`LatentFlowDiT.context`,
+keeping every block's keys and values) and each Euler step runs only the noisy frame's tokens
+against them (:meth:`LatentFlowDiT.velocity`); training calls the same two over its window.
 """
 
 from __future__ import annotations
