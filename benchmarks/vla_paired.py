@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--decisions", type=int, default=38, help="policy calls imagined (x chunk steps)")
     p.add_argument("--seed", type=int, default=0, help="the world model's sampling seed")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="the imagination's precision(s); each policy's real episodes are imagined in each")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -60,12 +62,16 @@ def main() -> None:
         t0 = time.time()
         policy = load_vla(folder, embedder=embedder)
         real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
-        out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed)
-        out = {"real_success": real["success_rate"], **out, "seconds": time.time() - t0}
-        results["policies"][str(folder)] = out
-        print(f"| `{folder}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
-              f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
-              f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['seconds']:.0f} |", flush=True)
+        for precision in args.precision:
+            out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
+                                     precision=precision)
+            out = {"real_success": real["success_rate"], **out, "seconds": time.time() - t0}
+            t0 = time.time()
+            name = str(folder) if len(args.precision) == 1 else f"{folder} ({precision})"
+            results["policies"][name] = out
+            print(f"| `{name}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
+                  f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
+                  f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['seconds']:.0f} |", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
