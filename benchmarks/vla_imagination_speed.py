@@ -52,6 +52,7 @@ def main() -> None:
     size = model_cfg["params"]["frame_size"]
     starts = {"pixels": torch.randint(0, 256, (args.starts, size, size, 3), dtype=torch.uint8),
               "agent_pos": torch.rand(args.starts, 2) * 400 + 50}
+    # float32 passes no `precision`, so that checkouts from before it (f54181a) run the same script
     imagination = PixelImagination(model, start_data=starts, **({} if args.precision == "float32" else {"precision": args.precision}))
     imagination.seed(0)
     policy = VLAPolicy(VLAConfig(**vla_cfg["policy_cfg"])).eval()
