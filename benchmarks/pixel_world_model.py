@@ -118,15 +118,16 @@ def _state_rows(run: Path, seed: int, episodes: int) -> dict[str, np.ndarray] | 
         return dict(z)
 
 
-OBJECT_HEAD_PARAMS = ("object_dynamics_hidden", "object_dynamics_frame")  # what `objects` may override
+OBJECT_HEAD_PARAMS = ("object_dynamics_hidden", "object_dynamics_frame", "object_dynamics_members")  # what `objects` may override
 
 
 def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overrides: dict[str, Any] | None = None) -> None:
-    """A fresh object-dynamics head (the config's ``object_dynamics_hidden`` and ``object_dynamics_frame``,
+    """A fresh object-dynamics head (the config's ``object_dynamics_hidden``, ``_frame`` and ``_members``,
     or ``overrides`` of them) on a trained checkpoint
     ``source``: the heads on states train on the run's rows plus its state rows, then the head on its
     own rollouts (``object_rollout_*``); the tokenizer, DiT and latent heads are kept. Saved to
-    ``run/world_model``; prints the object's open-loop error (held-out episodes) before and after."""
+    ``run/world_model``; prints the object's open-loop error (held-out episodes) before and after, and
+    for an ensemble the members' spread: its mean and its Pearson correlation with the error over the starts."""
     from world_models.pixel.training import object_open_loop
 
     model_cfg, task_cfg = load_cfg()
@@ -149,12 +150,21 @@ def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overr
                      for h in (1, 4, 8, 16, 32, 64)}
     res["still"] = {f"h{h}": [float(o["still_position_error"][:, h - 1].mean()), float(o["still_angle_error"][:, h - 1].mean())]
                     for h in (1, 4, 8, 16, 32, 64)}
-    metrics = {**extra["metrics"], "objects_from": str(source), "object_seconds": more["dynamics_seconds"], "object_open_loop": res}
+    spread = {}
+    if model.object_dynamics.members > 1:  # o is the new model's; (spread, Pearson r of spread and position error)
+        spread = {f"h{h}": [float(o["spread"][:, h - 1].mean()),
+                            float(np.corrcoef(o["spread"][:, h - 1].numpy(), o["position_error"][:, h - 1].numpy())[0, 1])]
+                  for h in (1, 4, 8, 16, 32, 64)}
+    metrics = {**extra["metrics"], "objects_from": str(source), "object_seconds": more["dynamics_seconds"], "object_open_loop": res,
+               "object_spread": spread}
     save_checkpoint(model, run / "world_model", extra={**extra, "metrics": metrics}, tensors=tensors)
     print("| object open loop, held-out (position world units / angle rad) | " + " | ".join(f"h={h}" for h in (1, 4, 8, 16, 32, 64))
           + " |\n|---|" + "---|" * 6)
     for name, v in res.items():
         print(f"| {name} | " + " | ".join(f"{a:.1f} / {b:.2f}" for a, b in v.values()) + " |")
+    if spread:
+        print("| after: members' spread (world units) / its Pearson r with the error | "
+              + " | ".join(f"{a:.1f} / {b:.2f}" for a, b in spread.values()) + " |")
 
 
 def continue_training(run: Path, seed: int, source: str, steps: int | None) -> None:

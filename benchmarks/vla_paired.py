@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="the world model's sampling seed")
     p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                    help="the imagination's precision(s); each policy's real episodes are imagined in each")
+    p.add_argument("--max-spread", type=float, default=None,
+                   help="world units: frames after the object-dynamics members disagree by more are untrusted (an ensemble model)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -64,7 +66,7 @@ def main() -> None:
         real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
         for precision in args.precision:
             out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
-                                     precision=precision)
+                                     precision=precision, max_spread=args.max_spread)
             out = {"real_success": real["success_rate"], **out, "seconds": time.time() - t0}
             t0 = time.time()
             name = str(folder) if len(args.precision) == 1 else f"{folder} ({precision})"

@@ -313,7 +313,7 @@ def test_decoder_draws_the_object_from_its_pose():
     dyn = model.object_dynamics  # the object moves by the object-dynamics head's change
     assert torch.allclose(dyn.change(before["object_pose"][:, -1], carry["object_pose"][:, -1]), dyn(
         before["object_pose"], torch.cat([model.norm_obs(before["agent_pos"]), model.norm_obs(pred.obs)[:, None]], dim=1),
-        torch.cat([model.norm_action(before["prev_action"]), model.norm_action(r["agent_pos"][3:6])[:, None]], dim=1)), atol=1e-5)
+        torch.cat([model.norm_action(before["prev_action"]), model.norm_action(r["agent_pos"][3:6])[:, None]], dim=1))[0], atol=1e-5)
     again = model.tokenizer.encode(to_unit(torch.stack([r["pixels"][:3], pred.extras["pixels"]], dim=1)))[:, 1]
     assert torch.allclose(carry["latents"][:, -1], again, atol=1e-5)  # the context is the drawn frame's latent
     windows = FrameWindows({**{k: rows[k] for k in ("agent_pos", "action", "coverage", "episode")},
@@ -499,9 +499,9 @@ def test_object_frame_dynamics_is_rotation_equivariant():
     it (exactly, once the weights on the absolute pose, which is there for the walls, are zero); the
     image-frame head does not have that property; an unknown frame is refused by name."""
     torch.manual_seed(0)
-    head = ObjectDynamicsHead(context=3, hidden=32, frame="object")
+    head = ObjectDynamicsHead(context=3, hidden=32, frame="object", members=2)
     with torch.no_grad():
-        head.net[0].weight[:, 3 * 4:3 * 4 + 4] = 0  # the absolute pose (x, y, cos, sin) of the last row
+        head.net.layers[0].weight[:, 3 * 4:3 * 4 + 4] = 0  # the absolute pose (x, y, cos, sin) of the last row
     b = 16
     poses = torch.randn(b, 3, 4)
     poses[..., 2:] = torch.nn.functional.normalize(poses[..., 2:], dim=-1)
@@ -515,13 +515,78 @@ def test_object_frame_dynamics_is_rotation_equivariant():
     heading = torch.atan2(poses[..., 3], poses[..., 2]) + turn[:, None]
     turned = torch.cat([rotate(poses[..., :2]), heading.cos()[..., None], heading.sin()[..., None]], -1)
     with torch.no_grad():
-        d, d_turned = head(poses, agent, actions), head(turned, rotate(agent), rotate(actions))
-    expected = torch.stack([c[:, 0] * d[:, 0] - s[:, 0] * d[:, 1], s[:, 0] * d[:, 0] + c[:, 0] * d[:, 1], d[:, 2]], -1)
+        d, d_turned = head(poses, agent, actions), head(turned, rotate(agent), rotate(actions))  # (E, B, 3)
+    expected = torch.stack([c[:, 0] * d[..., 0] - s[:, 0] * d[..., 1], s[:, 0] * d[..., 0] + c[:, 0] * d[..., 1], d[..., 2]], -1)
     assert torch.allclose(d_turned, expected, atol=1e-5)
     image = ObjectDynamicsHead(context=3, hidden=32, frame="image")
     with torch.no_grad():
-        assert not torch.allclose(image(turned, rotate(agent), rotate(actions))[:, :2], image(poses, agent, actions)[:, :2], atol=1e-3)
+        assert not torch.allclose(image(turned, rotate(agent), rotate(actions))[..., :2], image(poses, agent, actions)[..., :2], atol=1e-3)
     with pytest.raises(ValueError, match="frame must be one of"):
         ObjectDynamicsHead(context=3, frame="world")
     model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0)
     assert model.object_dynamics.frame == "image"  # checkpoints saved before the option load as they were trained
+
+
+def test_object_dynamics_ensemble_disagrees_off_its_data_and_flags_imagined_steps():
+    """``object_dynamics_members`` > 1: bootstrap-weighted members learn the push alike on pushes like their
+    data and disagree more on windows unlike it (a bar that jumps at random); every member moves its own
+    copy of the object through an imagined rollout, the frame draws their mean pose, ``uncertainty`` is
+    their spread in world units, and ``PixelImagination(max_spread=...)`` marks the steps above it."""
+    torch.manual_seed(0)
+    model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0,
+                        object_dynamics_hidden=64, object_dynamics_members=4)
+    assert model.member_weights(6, torch.device("cpu")).shape == (4, 6)
+    cfg = PixelTrainConfig(dynamics_steps=0, head_steps=0, state_head_steps=400, state_head_batch=128, state_head_lr=3e-3)
+    train_dynamics(model, {k: v for k, v in bar_rows(30, pushed=True).items() if k != "pixels"}, cfg, progress=False)
+    pushed = object_open_loop(model, bar_rows(6, seed=1, pushed=True), horizon=1, starts=64)
+    jumps = object_open_loop(model, bar_rows(6, seed=1, pushed=False), horizon=1, starts=64)
+    assert (pushed["position_error"] < pushed["still_position_error"]).float().mean() > 0.9  # the mean pose learned the push
+    assert float(jumps["spread"].mean()) > 2.0 * float(pushed["spread"].mean()), (jumps["spread"].mean(), pushed["spread"].mean())
+
+    rows = bar_rows(3, seed=2, pushed=True)
+    start = {"pixels": torch.as_tensor(rows["pixels"][:2]), "agent_pos": torch.as_tensor(rows["agent_pos"][:2])}
+    carry = PixelImagination(model, start).start(2, torch.tensor([0, 1]))
+    assert carry["object_members"].shape == (2, 4, 2, 4)
+    assert torch.allclose(carry["object_members"], carry["object_pose"][:, None].expand(-1, 4, -1, -1))  # observed: all agree
+    action = torch.as_tensor(rows["agent_pos"][3:5])
+    with torch.no_grad():
+        new, pred = model.imagine(carry, action, sample=False)
+    members = new["object_members"][:, :, -1]  # (B, E, 4)
+    assert torch.allclose(new["object_pose"][:, -1], ObjectDynamicsHead.mean_pose(members.transpose(0, 1)), atol=1e-6)
+    spread = (members[..., :2] * model.obs_half).std(dim=1).norm(dim=-1)
+    assert torch.allclose(pred.uncertainty, spread, atol=1e-4) and bool((spread > 0).all())
+    for limit, flagged in ((None, False), (float(spread.min()) / 2, True), (float(spread.max()) * 2, False)):
+        imagination = PixelImagination(model, start, max_spread=limit)
+        _, step = imagination.step(imagination.start(2, torch.tensor([0, 1])), action)
+        assert bool(step["uncertain"].all()) == flagged and bool(step["uncertain"].any()) == flagged
+    with pytest.raises(ValueError, match="max_spread"):
+        PixelImagination(model, start, max_spread=0.0)
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        ObjectDynamicsHead(context=2, members=0)
+
+
+def test_object_dynamics_checkpoints_before_the_ensemble_load_as_one_member(tmp_path):
+    """A head saved as one ``nn.Sequential`` (before the ensemble) loads as a one-member ensemble that
+    computes the same changes."""
+    torch.manual_seed(0)
+    head = ObjectDynamicsHead(context=2, hidden=16, frame="object")
+    seq = torch.nn.Sequential(*[m for i, o in ((24, 16), (16, 16), (16, 16), (16, 3))
+                                for m in (torch.nn.Linear(i, o), torch.nn.SiLU())][:-1])
+    old = {f"object_dynamics.net.{k}": v for k, v in seq.state_dict().items()}
+    state = ObjectDynamicsHead.upgrade_state_dict(old, "object_dynamics.")
+    head.load_state_dict({k.removeprefix("object_dynamics."): v for k, v in state.items()})
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        assert torch.allclose(head.net(x)[0], seq(x), atol=1e-6)
+    model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0, object_dynamics_hidden=16)
+    save_checkpoint(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    saved = load_file(weights)
+    for i in range(4):  # write the old layout
+        w, b = saved.pop(f"object_dynamics.net.layers.{i}.weight"), saved.pop(f"object_dynamics.net.layers.{i}.bias")
+        saved[f"object_dynamics.net.{2 * i}.weight"], saved[f"object_dynamics.net.{2 * i}.bias"] = w[0].t().contiguous(), b[0, 0]
+    save_file(saved, weights)
+    back, _, _ = load_checkpoint(tmp_path / "m")
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())

@@ -580,3 +580,29 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
     assert 0 <= paired["imagined_false_success_pose_agrees"] <= paired["imagined_false_success"] <= paired["imagined_successes"] <= 5
     assert "imagined again" in (tmp_path / "report.md").read_text()
     assert set(out["files"]) >= {"report", "success_before_after", "imagined_vs_real"}
+
+
+def test_frames_after_the_dynamics_members_disagree_are_not_trusted():
+    """With ``max_spread`` below the untrained object-dynamics members' spread every imagined frame is
+    ``uncertain`` (and so ``diverged``): heads that call every frame a success count none of them, and the
+    progress is the start frame's; without a limit nothing is flagged and every frame counts."""
+    from agents.vla.grpo import judged_success
+
+    torch.manual_seed(0)
+    spec = ModelSpec(obs_dim=2, action_dim=2, action_low=(0.0, 0.0), action_high=(512.0, 512.0), history=2, forecast=1,
+                     dt=0.1, obs_low=(0.0, 0.0), obs_high=(512.0, 512.0))
+    model = build_model("pixel_dit", spec, frame_size=SIZE, latent_channels=4, tokenizer_channels=(8, 8, 16, 16), dim=32,
+                        depth=1, heads=2, patch=1, reward_hidden=16, decoder_agent_radius=1.0, decoder_object_extent=5.0,
+                        object_dynamics_hidden=16, object_dynamics_members=3).eval()
+    g = torch.Generator().manual_seed(0)
+    starts = {"pixels": torch.randint(0, 256, (4, SIZE, SIZE, 3), generator=g, dtype=torch.uint8),
+              "agent_pos": torch.rand(4, 2, generator=g) * 512}
+    policy = tiny_policy()
+    lang = policy.embed(INSTRUCTIONS[:4])
+    for limit, untrusted in ((None, False), (1e-6, True)):
+        roll = rollout_imagined(policy, PixelImagination(model, starts, max_spread=limit), AlwaysSuccessHeads(), torch.arange(4),
+                                lang, decisions=2)
+        assert bool(roll["uncertain"].all()) == untrusted and bool(roll["diverged"].all()) == untrusted
+        assert bool(judged_success(roll).any()) != untrusted
+        roll["distance"] = torch.tensor([100.0, 50.0, 10.0])[:, None].expand(-1, 4)  # the T comes closer in imagination
+        assert torch.equal(closest_distance(roll), torch.full((4,), 100.0 if untrusted else 10.0))

@@ -151,7 +151,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
             return {}
         t = time.time()
         out = paired_imagination(pol, wm, ens, lang_table, ev, pt_cfg.decisions, radius, targets, dev,
-                                 pt_cfg.imagination, int(cfg["seed"]), pt_cfg.precision)
+                                 pt_cfg.imagination, int(cfg["seed"]), **pt_cfg.imagination_options())
         timing["paired_imagination_s"] = timing.get("paired_imagination_s", 0.0) + time.time() - t
         return out
 

@@ -41,14 +41,21 @@ class PixelImagination:
         sample: sample the flow from noise (True) or integrate it from the prior's mean (False).
         precision: "float32", or "bfloat16": the DiT and the tokenizer compute in bfloat16 while
             imagining (:meth:`PixelWorldModel.imagine`'s ``autocast``; observing start frames stays float32).
+        max_spread: world units, or None: a step where the model's ``uncertainty`` (the object-dynamics
+            members' spread of the object's position) exceeds it is ``uncertain`` (the model no longer
+            knows where the object is; a rollout's frames from there on should not be trusted).
     """
 
     PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
     def __init__(self, model: PixelWorldModel | str | Path, start_data: str | Path | dict | None = None,
-                 device: str | torch.device = "cpu", sample: bool = True, precision: str = "float32"):
+                 device: str | torch.device = "cpu", sample: bool = True, precision: str = "float32",
+                 max_spread: float | None = None):
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(self.PRECISIONS)}, got {precision!r}")
+        if max_spread is not None and not max_spread > 0:
+            raise ValueError(f"max_spread must be > 0 world units or None, got {max_spread!r}")
+        self.max_spread = max_spread
         self.autocast = self.PRECISIONS[precision]
         self.device = torch.device(device)
         tensors: dict[str, torch.Tensor] = {}
@@ -120,7 +127,8 @@ class PixelImagination:
     @torch.no_grad()
     def step(self, carry: Carry, action: torch.Tensor) -> tuple[Carry, dict[str, torch.Tensor]]:
         """One imagined step for every env: new carry and ``pixels``, ``agent_pos``, ``reward``,
-        ``terminated``, ``diverged``, ``coverage`` (batch first)."""
+        ``terminated``, ``diverged``, ``coverage``, ``uncertainty`` (the model's, world units) and
+        ``uncertain`` (above ``max_spread``) (batch first)."""
         new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast)
         diverged = ~torch.isfinite(pred.extras["latent"]).flatten(1).all(-1) | ~torch.isfinite(pred.obs).all(-1)
         if bool(diverged.any()):
@@ -129,7 +137,8 @@ class PixelImagination:
         reward = torch.where(diverged, torch.zeros_like(pred.reward), pred.reward)
         return new, {"pixels": new["pixels"], "agent_pos": new["obs"].float(), "reward": reward.float(),
                      "terminated": (pred.termination_logit > 0) & ~diverged, "diverged": diverged,
-                     "coverage": pred.extras["coverage"]}
+                     "coverage": pred.extras["coverage"], "uncertainty": pred.uncertainty,
+                     "uncertain": pred.uncertainty > self.max_spread if self.max_spread is not None else torch.zeros_like(diverged)}
 
 
 class ImaginedPixelVecEnv(CarryVecEnv):

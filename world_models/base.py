@@ -129,6 +129,11 @@ class WorldModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights saved by an earlier layout of this class, renamed / reshaped to the current one
+        (:func:`world_models.checkpoint.load_checkpoint` calls it before checking the keys). As they are by default."""
+        return state
+
     def initial(self, batch: int) -> Carry:
         """An empty carry for ``batch`` envs (every entry zero)."""
         raise NotImplementedError

@@ -130,7 +130,7 @@ def load_checkpoint(
         model = world_models.build_model(cfg["class"], spec, **cfg.get("config", {}))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path / 'config.json'} does not describe a valid model: {e}") from e
-    state = _read_safetensors(path / "model.safetensors", "weights")
+    state = model.upgrade_state_dict(_read_safetensors(path / "model.safetensors", "weights"))
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -67,9 +67,14 @@ class PostTrainConfig:
     video_envs: int = 4             # imagined rollouts kept as GIF frames at the last iteration
     imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
     precision: str = "float32"      # or "bfloat16": the world model's DiT and tokenizer while imagining (PixelImagination)
+    max_spread: float | None = None  # world units: an imagined frame after the object-dynamics members disagree by more is untrusted
     explore_std: float | None = None  # exploration std (world units) the post-trained policy starts from; None: the warm start's
     pose_guard: bool = False        # an imagined success also needs the model's own T pose in the region (an object head)
     seed: int = 0
+
+    def imagination_options(self) -> dict:
+        """Keyword arguments of :class:`~wam_env.pixels.PixelImagination` this config sets."""
+        return {"precision": self.precision, "max_spread": self.max_spread}
 
 
 def variant_list(variants: dict[str, PushTVariant], n: int) -> list[PushTVariant]:
@@ -160,9 +165,10 @@ class StartPool:
                 start[:k], vi[:k] = pick[:, 0], pick[:, 1]
         return start, vi
 
-    def imagination(self, model, device: str | torch.device, backend: str = "world_model", precision: str = "float32"):
+    def imagination(self, model, device: str | torch.device, backend: str = "world_model", **options):
         """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model",
-        computing in ``precision``) or in the Push-T physics (backend "simulator", needs ``block_pose``)."""
+        ``options`` are :class:`~wam_env.pixels.PixelImagination`'s: ``precision``, ``max_spread``) or in the
+        Push-T physics (backend "simulator", needs ``block_pose``; no options)."""
         if backend not in IMAGINATION_BACKENDS:
             raise ValueError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {backend!r}")
         if backend == "simulator":
@@ -171,7 +177,7 @@ class StartPool:
             return SimulatorImagination(self.agent_pos, self.block_pose, self.pixels.shape[1], device)
         from wam_env.pixels import PixelImagination
 
-        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, precision=precision)
+        return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, **options)
 
 
 def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,7 +218,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     v = len(variants)
     targets = variant_targets(variants)
     history, refinements, new_rows, video = [], [], [], None
-    imagination = pool.imagination(model, device, cfg.imagination, cfg.precision)
+    imagination = pool.imagination(model, device, cfg.imagination, **cfg.imagination_options())
     imagination.seed(cfg.seed)
     if cfg.pose_guard and imagination.object_pose(imagination.start(1, torch.zeros(1, dtype=torch.long))) is None:
         raise ValueError("post_train.pose_guard needs a world model that carries the T's pose (an object head)")
@@ -238,7 +244,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
                 stats = trainer.update(roll, lang)
             rec = {"iteration": it_total, "round": rnd, "imagined_success": float(outcome.mean()),
                    "flagged_rate": float(roll["flagged"][1:].any(0).float().mean()),
-                   "diverged_rate": float(roll["diverged"][-1].float().mean()), **stats}
+                   "diverged_rate": float(roll["diverged"][-1].float().mean()),
+                   "uncertain_rate": float(roll["uncertain"][-1].float().mean()), **stats}
             it_total += 1
             if it_total % cfg.real_check_every == 0:
                 check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
@@ -263,7 +270,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             model.eval()
             refinements.append({"round": rnd, "rows": int(len(loop_rows["step"])), **metrics})
             new_rows = []
-            imagination = pool.imagination(model, device, precision=cfg.precision)
+            imagination = pool.imagination(model, device, **cfg.imagination_options())
             imagination.seed(cfg.seed + rnd + 1)
     return {"history": history, "refinements": refinements, "video": video, "seconds": time.time() - t0}
 
@@ -284,13 +291,13 @@ def real_check(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: t
     real = evaluate_real(policy, lang_table, variants, cfg.real_check_episodes, cfg.real_check_seed, max_steps, radius,
                          policy.cfg.image_size)
     paired = paired_imagination(policy, model, success, lang_table, real, cfg.decisions, radius, variant_targets(variants), device,
-                                cfg.imagination, cfg.seed, cfg.precision)
+                                cfg.imagination, cfg.seed, **cfg.imagination_options())
     return {"real_success": real["success_rate"], **paired, "rows": real["rows"]}
 
 
 def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_table: torch.Tensor, real: dict,
                        decisions: int, radius: float, targets: np.ndarray, device: str | torch.device,
-                       backend: str = "world_model", seed: int = 0, precision: str = "float32") -> dict:
+                       backend: str = "world_model", seed: int = 0, **options) -> dict:
     """Imagine the real episodes ``real`` (:func:`evaluate_real`'s output) again: from their first frames, under
     their instructions, the deterministic chunk for ``decisions`` calls (``horizon`` = decisions x chunk steps),
     and compare the outcomes episode by episode.
@@ -302,7 +309,7 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     imagination's own T was in the region at a frame the heads called a success (a false one of these is the
     dynamics' error; one without is the heads' error on an imagined frame)."""
     first = StartPool(_first_frames(real["rows"]))
-    imag = first.imagination(model, device, backend, precision)
+    imag = first.imagination(model, device, backend, **options)
     imag.seed(seed)
     n = len(real["success"])
     vi = torch.as_tensor(real["variant"])

@@ -202,7 +202,8 @@ class SimulatorImagination:
         a = np.clip(action.detach().cpu().numpy().astype(np.float64), 0.0, WORLD)
         obs = [e.step(ai)[0] for e, ai in zip(self.envs, a)]
         new = self._frames(obs)
-        return new, {**new, "diverged": torch.zeros(len(a), dtype=torch.bool, device=self.device)}
+        none = torch.zeros(len(a), dtype=torch.bool, device=self.device)
+        return new, {**new, "diverged": none, "uncertain": none}
 
 
 @torch.no_grad()
@@ -218,23 +219,27 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     Returns (time first, D = decisions): ``pixels`` (D + 1, B, H, W, 3) uint8 and ``state``
     (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
     ``log_prob`` (D, B), ``prob`` / ``std`` / ``distance`` / ``flagged`` (D + 1, B) the success
-    heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down during the chunk),
+    heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down, or was uncertain,
+    during the chunk or before), ``uncertain`` (D, B) bool (the imagination's ``uncertain``: the model's
+    dynamics members disagreed beyond its limit, during the chunk or before),
     ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs, and, asked
     for with ``object_pose`` and when the imagination carries the T's pose (the physics; a world model with an
     object head), ``object_pose`` (D + 1, B, 3) (x, y, angle rad) on those frames.
     """
     b = len(start)
     carry = imagination.start(b, index=start)
-    pix, st, us, lps, divs = [carry["pixels"]], [carry["obs"].float()], [], [], []
+    pix, st, us, lps, divs, unsure = [carry["pixels"]], [carry["obs"].float()], [], [], [], []
     video = [carry["pixels"][:keep_frames]]
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
+    uncertain = torch.zeros_like(broken)
     poses = [imagination.object_pose(carry) if object_pose else None]
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
         out = adapted_sample(policy, img, carry["obs"].float(), lang, deterministic, adapter)
         for k in range(policy.cfg.chunk):
             carry, step = imagination.step(carry, out["actions"][:, k].contiguous())
-            broken = broken | step["diverged"]
+            uncertain = uncertain | step["uncertain"]
+            broken = broken | step["diverged"] | uncertain
             video.append(carry["pixels"][:keep_frames])
         pix.append(carry["pixels"])
         if poses[0] is not None:
@@ -243,12 +248,14 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
         us.append(out["u"])
         lps.append(out["log_prob"])
         divs.append(broken.clone())
+        unsure.append(uncertain.clone())
     pixels = torch.stack(pix)
     judged = success.judge(pixels.flatten(0, 1), lang.repeat(decisions + 1, 1))
     shape = (decisions + 1, b)
     out = {"pixels": pixels, "state": torch.stack(st), "u": torch.stack(us), "log_prob": torch.stack(lps),
            "prob": judged["prob"].view(shape), "std": judged["std"].view(shape), "distance": judged["distance"].view(shape),
-           "flagged": judged["flagged"].view(shape), "diverged": torch.stack(divs), "video": torch.stack(video, dim=1)}
+           "flagged": judged["flagged"].view(shape), "diverged": torch.stack(divs),
+           "uncertain": torch.stack(unsure), "video": torch.stack(video, dim=1)}
     if poses[0] is not None:
         out["object_pose"] = torch.stack(poses)
     return out

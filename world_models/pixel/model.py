@@ -29,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from world_models.base import Carry, ModelSpec, Prediction, WorldModel
+from world_models.heads import member_std
 from world_models.pixel.dynamics import LatentFlowDiT
 from world_models.pixel.reward import AgentHead, CoverageHead, ObjectDynamicsHead, ObjectPoseHead
 from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
@@ -67,6 +68,9 @@ class PixelWorldModel(WorldModel):
         object_dynamics_hidden: width of the object-dynamics head (an MLP on poses and agent states).
         object_dynamics_frame: "image" or "object": the frame the object-dynamics head sees the push in
             (:class:`~world_models.pixel.reward.ObjectDynamicsHead`; "image" for checkpoints before run 14).
+        object_dynamics_members: E independent object-dynamics MLPs (bootstrap-weighted rows). Each
+            member moves its own copy of the object through an imagined rollout; the frame draws their
+            mean pose and ``Prediction.uncertainty`` is the spread of their positions (world units).
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -80,7 +84,7 @@ class PixelWorldModel(WorldModel):
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
                  agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
                  decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0, object_dynamics_hidden: int = 256,
-                 object_dynamics_frame: str = "image"):
+                 object_dynamics_frame: str = "image", object_dynamics_members: int = 1):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -98,7 +102,7 @@ class PixelWorldModel(WorldModel):
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
                             agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius,
                             decoder_object_extent=decoder_object_extent, object_dynamics_hidden=object_dynamics_hidden,
-                            object_dynamics_frame=object_dynamics_frame)
+                            object_dynamics_frame=object_dynamics_frame, object_dynamics_members=object_dynamics_members)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -116,7 +120,8 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
-        self.object_dynamics = ObjectDynamicsHead(self.k, object_dynamics_hidden, object_dynamics_frame) if decoder_object_extent else None
+        self.object_dynamics = (ObjectDynamicsHead(self.k, object_dynamics_hidden, object_dynamics_frame, object_dynamics_members)
+                                if decoder_object_extent else None)
         self.pose_fit_steps, self.pose_fit_lr = 40, 0.02  # render-and-compare at observe (fit_object_pose; run 10)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
@@ -134,6 +139,10 @@ class PixelWorldModel(WorldModel):
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
+
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints saved before the object-dynamics ensemble load as a one-member ensemble."""
+        return ObjectDynamicsHead.upgrade_state_dict(state, "object_dynamics.") if self.object_dynamics is not None else state
 
     # ---- normalization -------------------------------------------------------------------
     def norm_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -243,6 +252,7 @@ class PixelWorldModel(WorldModel):
         }
         if self.object_head is not None:
             carry["object_pose"] = torch.zeros(batch, self.k, 4, device=dev)
+            carry["object_members"] = torch.zeros(batch, self.object_dynamics.members, self.k, 4, device=dev)
         return carry
 
     def check_obs(self, obs: dict[str, torch.Tensor]) -> None:
@@ -274,7 +284,10 @@ class PixelWorldModel(WorldModel):
         new = {"obs": pos, "pixels": px, "latents": push(carry["latents"], z), "features": feat,
                "agent_pos": push(carry["agent_pos"], pos), "prev_action": push(carry["prev_action"], prev_action)}
         if self.object_head is not None:
-            new["object_pose"] = push(carry["object_pose"], self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z)))
+            pose = self.fit_object_pose(z, self.norm_obs(pos), to_unit(px), self.object_head(z))
+            new["object_pose"] = push(carry["object_pose"], pose)
+            new["object_members"] = push(carry["object_members"].transpose(1, 2),
+                                         pose[:, None].expand(-1, self.object_dynamics.members, -1)).transpose(1, 2)
         return new
 
     def observe_sequence(self, carry: Carry, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, is_first: torch.Tensor) -> Carry:
@@ -322,9 +335,12 @@ class PixelWorldModel(WorldModel):
             with amp:
                 pixels = to_uint8(self.tokenizer.decode(z, pos_n).float())
             feat = carry["features"]
-        else:  # move the object by the object-dynamics head, draw it there, then take the drawn frame's latent as the state
-            pose = self.roll_object(carry["object_pose"], torch.cat([states, pos_n[:, None]], dim=1),
-                                    torch.cat([acts, a[:, None]], dim=1))[:, 0]
+            spread = torch.zeros(b, device=dev)
+        else:  # move the object by the object-dynamics members, draw it at their mean, then take the drawn frame's latent as the state
+            members = self.roll_object(carry["object_members"].transpose(0, 1), torch.cat([states, pos_n[:, None]], dim=1),
+                                       torch.cat([acts, a[:, None]], dim=1))[:, :, 0]  # (E, B, 4)
+            pose = self.object_dynamics.mean_pose(members)
+            spread = member_std(members[..., :2] * self.obs_half).norm(dim=-1)  # (B,) world units
             with amp:
                 pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose).float())
                 feat = self.tokenizer.features(to_unit(pixels)).float()
@@ -341,7 +357,8 @@ class PixelWorldModel(WorldModel):
                "prev_action": torch.cat([carry["prev_action"][:, 1:], action.float()[:, None]], dim=1)}
         if self.object_head is not None:
             new["object_pose"] = torch.cat([carry["object_pose"][:, 1:], pose[:, None]], dim=1)
-        pred = Prediction(obs=pos, uncertainty=torch.zeros(b, device=dev),
+            new["object_members"] = torch.cat([carry["object_members"][:, :, 1:], members.transpose(0, 1)[:, :, None]], dim=2)
+        pred = Prediction(obs=pos, uncertainty=spread,
                           reward=(coverage / self.success_coverage).clamp(0, 1), termination_logit=term_logit,
                           extras={"pixels": pixels, "coverage": coverage, "latent": z})
         return new, pred
@@ -404,10 +421,17 @@ class PixelWorldModel(WorldModel):
             out["pose_mse"] = pose.detach()
         return {"loss": loss, **out}
 
+    def member_weights(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Bootstrap weights (E, B) of a batch's rows for the object-dynamics members: Poisson(1) per member
+        and row (online bagging), so that the members see different resamples of the data; ones for E = 1."""
+        e = self.object_dynamics.members
+        ones = torch.ones(e, batch, device=device)
+        return ones if e == 1 else torch.poisson(ones)
+
     def state_head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of the heads that read states only, on windows as in :meth:`latent_head_loss`:
         agent head (next-position MSE) and, with ``decoder_object_extent`` > 0, object-dynamics
-        head (pose-change MSE in units of its ``SCALE``)."""
+        head (pose-change MSE in units of its ``SCALE``, every member on its bootstrap weights)."""
         states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
         self._check_window(states.shape[1])
         agent = F.mse_loss(self.agent_head(states[:, :-1], acts), states[:, -1] - states[:, -2])
@@ -415,29 +439,35 @@ class PixelWorldModel(WorldModel):
         if self.object_head is not None:
             poses = self._object_poses(batch)
             scale = self.object_dynamics.SCALE
-            change = self.object_dynamics(poses[:, :-1], states, acts)
-            moved = F.mse_loss(change / scale, self.object_dynamics.change(poses[:, -2], poses[:, -1]) / scale)
+            change = self.object_dynamics(poses[:, :-1], states, acts)  # (E, B, 3)
+            err = ((change - self.object_dynamics.change(poses[:, -2], poses[:, -1])) / scale).pow(2).mean(-1)  # (E, B)
+            w = self.member_weights(err.shape[1], err.device)
+            moved = (err * w).sum() / w.sum().clamp_min(1.0)
             loss = loss + moved
             out["object_change_mse"] = moved.detach()
         return {"loss": loss, **out}
 
     def roll_object(self, poses: torch.Tensor, states: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        """The object-dynamics head fed its own output for H steps: from the last K normalized object
-        poses (B, K, 4), the normalized agent positions (B, K + H, S) and the normalized actions that led
-        to them (B, K + H, A), the poses (B, H, 4) after each step (as :meth:`imagine` moves the object)."""
+        """Every object-dynamics member fed its own output for H steps: from the last K normalized object
+        poses (B, K, 4) (shared) or (E, B, K, 4) (each member's), the normalized agent positions (B, K + H, S)
+        and the normalized actions that led to them (B, K + H, A), each member's poses (E, B, H, 4) after
+        each step (as :meth:`imagine` moves the object)."""
         k, out = self.k, []
+        if poses.ndim == 3:
+            poses = poses.expand(self.object_dynamics.members, -1, -1, -1)
         for t in range(states.shape[1] - k):
             change = self.object_dynamics(poses, states[:, t:t + k + 1], acts[:, t:t + k + 1])
-            new = self.object_dynamics.step(poses[:, -1], change)
-            poses = torch.cat([poses[:, 1:], new[:, None]], dim=1)
+            new = self.object_dynamics.step(poses[:, :, -1], change)
+            poses = torch.cat([poses[:, :, 1:], new[:, :, None]], dim=2)
             out.append(new)
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=2)
 
     def object_rollout_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Multi-step loss of the object-dynamics head on windows of K + H rows (H >= 1): the head rolls
         the object H steps from the K true poses on its own predictions (true agent positions and
         actions) and every step's pose error (dx, dy, d-angle in units of its ``SCALE``) is penalised
-        where the window is inside its episode. Teaches the head to keep its compounding error small,
+        where the window is inside its episode, every member rolling its own poses on its bootstrap
+        weights. Teaches the head to keep its compounding error small,
         as RWM's autoregressive training does for state models; H = 1 is the one-step loss."""
         if self.object_head is None:
             raise ValueError("object_rollout_loss needs a model whose decoder draws the object (decoder_object_extent > 0)")
@@ -447,8 +477,8 @@ class PixelWorldModel(WorldModel):
             raise ValueError(f"object_rollout_loss needs windows of K + H > K = {k} rows, got {poses.shape[1]}")
         states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
         pred = self.roll_object(poses[:, :k], states, acts)
-        err = (self.object_dynamics.change(pred, poses[:, k:]) / self.object_dynamics.SCALE).pow(2).sum(-1)  # (B, H)
-        valid = batch["valid"][:, k:].float()
+        err = (self.object_dynamics.change(pred, poses[:, k:]) / self.object_dynamics.SCALE).pow(2).sum(-1)  # (E, B, H)
+        valid = batch["valid"][:, k:].float() * self.member_weights(err.shape[1], err.device)[..., None]
         loss = (err * valid).sum() / valid.sum().clamp_min(1.0) / 3
         return {"loss": loss, "object_rollout_mse": loss.detach()}
 

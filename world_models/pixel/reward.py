@@ -8,6 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from world_models.heads import EnsembleMLP
+
 
 class CoverageHead(nn.Module):
     """Coverage logit (B,) of a latent frame (B, C, h, w); sigmoid(logit) is the coverage in [0, 1]
@@ -75,8 +77,12 @@ class ObjectPoseHead(nn.Module):
 class ObjectDynamicsHead(nn.Module):
     """Change of the pushed object's pose over one step, from its last K normalized poses
     (B, K, 4) = (x, y, cos a, sin a), the agent's positions (B, K + 1, 2) up to the new one and the
-    actions that led to them (B, K + 1, 2), all normalized: (B, 3) = (dx, dy, da) (normalized
-    image units, radians).
+    actions that led to them (B, K + 1, 2), all normalized: (E, B, 3) = (dx, dy, da) (normalized
+    image units, radians), one change per ensemble member.
+
+    ``members`` E independent MLPs (:class:`~world_models.heads.EnsembleMLP`; trained on bootstrap
+    weights of the same rows, :meth:`PixelWorldModel.state_head_loss`): where they disagree the
+    object's motion is epistemically uncertain (the imagination's ``uncertainty``). E = 1 is one MLP.
 
     ``frame="image"`` (checkpoints before run 14): the agent's positions and actions enter relative to
     the object in the image's frame (and the agent's also in the object's), the change comes out in the
@@ -87,41 +93,68 @@ class ObjectDynamicsHead(nn.Module):
 
     SCALE = 0.1  # outputs are small: a pushed T moves about 2 px (0.06 normalized) per step
     FRAMES = ("image", "object")
+    LAYERS = 3  # hidden layers of each member
 
-    def __init__(self, context: int, hidden: int = 256, frame: str = "image"):
+    def __init__(self, context: int, hidden: int = 256, frame: str = "image", members: int = 1):
         super().__init__()
         if frame not in self.FRAMES:
             raise ValueError(f"object-dynamics frame must be one of {self.FRAMES}, got {frame!r}")
-        self.frame = frame
+        if members < 1:
+            raise ValueError(f"object-dynamics members must be >= 1, got {members}")
+        self.frame, self.members = frame, members
         inputs = context * 4 + 4 + (3 if frame == "image" else 2) * (context + 1) * 2
-        self.net = nn.Sequential(
-            nn.Linear(inputs, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3),
-        )
+        self.net = EnsembleMLP(members, inputs, hidden, self.LAYERS, 3, nn.SiLU)
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Weights of a head saved before the ensemble (one ``nn.Sequential``: ``net.{0,2,4,6}.weight`` (out, in),
+        ``.bias`` (out,)) as a one-member ensemble (``net.layers.{i}.weight`` (1, in, out), ``.bias`` (1, 1, out))."""
+        state = dict(state)
+        for i in range(cls.LAYERS + 1):
+            w, b = state.pop(f"{prefix}net.{2 * i}.weight", None), state.pop(f"{prefix}net.{2 * i}.bias", None)
+            if w is not None and b is not None:
+                state[f"{prefix}net.layers.{i}.weight"] = w.t()[None].contiguous()
+                state[f"{prefix}net.layers.{i}.bias"] = b[None, None]
+        return state
 
     def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        last = poses[:, -1]
-        c, s = last[:, None, 2], last[:, None, 3]  # (B, 1): the object's heading a
+        """poses (B, K, 4), shared by the members, or (E, B, K, 4), each member's own; agent (B, K + 1, 2);
+        actions (B, K + 1, 2) -> changes (E, B, 3)."""
+        e = self.members
+        if poses.ndim == 3:
+            poses = poses.expand(e, -1, -1, -1)
+        if poses.shape[0] != e:
+            raise ValueError(f"poses must be (B, K, 4) or ({e}, B, K, 4), got {tuple(poses.shape)}")
+        agent, actions = agent.expand(e, -1, -1, -1), actions.expand(e, -1, -1, -1)
+        last = poses[:, :, -1]  # (E, B, 4)
+        c, s = last[..., None, 2], last[..., None, 3]  # (E, B, 1): the object's heading a
 
-        def turned(p: torch.Tensor, sign: float) -> torch.Tensor:  # (B, N, 2) rotated by sign * a
+        def turned(p: torch.Tensor, sign: float) -> torch.Tensor:  # (E, B, N, 2) rotated by sign * a
             return torch.stack([c * p[..., 0] - sign * s * p[..., 1], sign * s * p[..., 0] + c * p[..., 1]], dim=-1)
 
-        rel_poses, rel_agent, rel_action = poses[..., :2] - last[:, None, :2], agent - last[:, None, :2], actions - last[:, None, :2]
+        rel_poses, rel_agent, rel_action = (poses[..., :2] - last[:, :, None, :2], agent - last[:, :, None, :2],
+                                            actions - last[:, :, None, :2])
         if self.frame == "image":
-            x = torch.cat([rel_poses.flatten(1), poses[..., 2:].flatten(1), last,
-                           rel_agent.flatten(1), turned(rel_agent, -1).flatten(1), rel_action.flatten(1)], dim=-1)
+            x = torch.cat([rel_poses.flatten(2), poses[..., 2:].flatten(2), last,
+                           rel_agent.flatten(2), turned(rel_agent, -1).flatten(2), rel_action.flatten(2)], dim=-1)
             return self.net(x) * self.SCALE
         # every input in the object's frame (the headings too: (cos, sin) of a_i - a), the change turned back
-        x = torch.cat([turned(rel_poses, -1).flatten(1), turned(poses[..., 2:], -1).flatten(1), last,
-                       turned(rel_agent, -1).flatten(1), turned(rel_action, -1).flatten(1)], dim=-1)
-        d = self.net(x) * self.SCALE  # (dx, dy) in the object's frame, da
-        return torch.cat([turned(d[:, None, :2], 1)[:, 0], d[:, 2:]], dim=-1)
+        x = torch.cat([turned(rel_poses, -1).flatten(2), turned(poses[..., 2:], -1).flatten(2), last,
+                       turned(rel_agent, -1).flatten(2), turned(rel_action, -1).flatten(2)], dim=-1)
+        d = self.net(x) * self.SCALE  # (E, B, 3): (dx, dy) in the object's frame, da
+        return torch.cat([turned(d[..., None, :2], 1)[..., 0, :], d[..., 2:]], dim=-1)
+
+    @staticmethod
+    def mean_pose(poses: torch.Tensor) -> torch.Tensor:
+        """The members' mean pose: poses (E, ..., 4) -> (..., 4) (mean position, heading of the mean (cos, sin))."""
+        m = poses.mean(0)
+        return torch.cat([m[..., :2], F.normalize(m[..., 2:], dim=-1)], dim=-1)
 
     @staticmethod
     def step(pose: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-        """Pose (B, 4) moved by a change (B, 3) -> (B, 4)."""
-        angle = torch.atan2(pose[:, 3], pose[:, 2]) + change[:, 2]
-        return torch.cat([pose[:, :2] + change[:, :2], angle.cos()[:, None], angle.sin()[:, None]], dim=-1)
+        """Poses (..., 4) moved by changes (..., 3) -> (..., 4)."""
+        angle = torch.atan2(pose[..., 3], pose[..., 2]) + change[..., 2]
+        return torch.cat([pose[..., :2] + change[..., :2], angle.cos()[..., None], angle.sin()[..., None]], dim=-1)
 
     @staticmethod
     def change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from world_models.heads import member_std
 from world_models.pixel.frames import FrameWindows
 from world_models.pixel.model import PixelWorldModel
 from world_models.pixel.tokenizer import to_uint8, to_unit
@@ -336,8 +337,9 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
     """The object-dynamics head alone, open loop on held-out rows (``block_pose`` needed): from the K
     true poses up to a start row, :meth:`PixelWorldModel.roll_object` over ``horizon`` steps with the real
     agent positions and actions. Returns ``position_error`` (S, horizon) world units (the object's
-    position) and ``angle_error`` (S, horizon) radians, beside ``still_position_error`` /
-    ``still_angle_error``: the errors of predicting no motion (the floor to beat)."""
+    position) and ``angle_error`` (S, horizon) radians of the members' mean pose, beside ``still_position_error`` /
+    ``still_angle_error``: the errors of predicting no motion (the floor to beat), and ``spread`` (S, horizon)
+    world units: the members' disagreement about the position (zeros for one member)."""
     if model.object_head is None:
         raise ValueError("object_open_loop needs a model whose decoder draws the object (decoder_object_extent > 0)")
     r = _rows(rows)
@@ -346,7 +348,8 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
     w = {k: v.to(model.latent_mean.device) for k, v in windows.window(start).items()}
     poses = model.norm_object_pose(w["block_pose"].float())
     k = model.k
-    pred = model.roll_object(poses[:, :k], model.norm_obs(w["agent_pos"].float()), model.norm_action(w["prev_action"].float()))
+    members = model.roll_object(poses[:, :k], model.norm_obs(w["agent_pos"].float()), model.norm_action(w["prev_action"].float()))
+    pred = model.object_dynamics.mean_pose(members)  # (S, horizon, 4)
 
     def errors(guess: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = model.object_dynamics.change(guess, poses[:, k:])
@@ -354,5 +357,7 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
 
     pos, ang = errors(pred)
     still_pos, still_ang = errors(poses[:, k - 1:k].expand_as(pred))
-    return {"position_error": pos, "angle_error": ang, "still_position_error": still_pos, "still_angle_error": still_ang}
+    spread = member_std(members[..., :2] * model.obs_half).norm(dim=-1).cpu()
+    return {"position_error": pos, "angle_error": ang, "still_position_error": still_pos, "still_angle_error": still_ang,
+            "spread": spread}
 
