@@ -606,3 +606,46 @@ def test_frames_after_the_dynamics_members_disagree_are_not_trusted():
         assert bool(judged_success(roll).any()) != untrusted
         roll["distance"] = torch.tensor([100.0, 50.0, 10.0])[:, None].expand(-1, 4)  # the T comes closer in imagination
         assert torch.equal(closest_distance(roll), torch.full((4,), 100.0 if untrusted else 10.0))
+
+
+@pytest.mark.parametrize("checked, kept", [((0.5, 0.2, 0.3), 0), ((0.1, 0.4, 0.4), 2)])
+def test_keep_best_ends_with_the_policy_of_the_best_real_check(monkeypatch, checked, kept):
+    """``post_train.keep_best``: the starting policy is checked first and the policy ends as it was at the
+    best real check (ties: the later one); post-training itself changed it."""
+    pytest.importorskip("gym_pusht")
+    from agents.vla import loop
+    from agents.vla.rollout import rollout_real
+
+    variants = PUSHT_VARIANTS
+    rng = np.random.default_rng(0)
+
+    def act(pixels, state, idx, infos):
+        return rng.uniform(100, 400, (len(idx), 1, 2)).astype(np.float32)
+
+    rows = rollout_real(act, list(variants.values())[:2], [1, 2], 6, 40.0, size=SIZE, stop_on_success=False)["rows"]
+    results = iter(checked)
+    monkeypatch.setattr(loop, "real_check", lambda *a, **k: {"real_success": next(results), "rows": rows})
+    policy = tiny_policy()
+    before, after = [], []
+    update = VLAPGPE.update
+
+    def recording_update(self, *a, **k):
+        before.append({n: v.clone() for n, v in policy.state_dict().items()})
+        stats = update(self, *a, **k)
+        after.append({n: v.clone() for n, v in policy.state_dict().items()})
+        return stats
+
+    class RandomDistanceHeads(AlwaysSuccessHeads):  # failures at random distances: every update moves the policy
+        def judge(self, pixels, lang):
+            return {**super().judge(pixels, lang), "prob": torch.zeros(len(pixels)), "distance": torch.rand(len(pixels)) * 100}
+
+    monkeypatch.setattr(VLAPGPE, "update", recording_update)
+    cfg = loop.PostTrainConfig(iterations=2, rounds=1, envs=8, decisions=2, real_check_every=1, imagination="simulator",
+                               keep_best=True)
+    out = loop.post_train(policy, "pgpe", None, RandomDistanceHeads(), policy.embed(INSTRUCTIONS), variants,
+                          loop.StartPool(rows, variant_targets(variants)), rows, cfg, VLAPPOConfig(), VLAGRPOConfig(),
+                          max_steps=8, radius=40.0, pgpe=VLAPGPEConfig(group=4, lr=1.0))
+    assert out["kept"] == {"updates": kept, "real_success": max(checked)}
+    assert not all(torch.equal(v, before[0][n]) for n, v in after[-1].items())  # post-training moved the policy
+    want = before[0] if kept == 0 else after[kept - 1]
+    assert all(torch.equal(v, want[n]) for n, v in policy.state_dict().items())

@@ -177,7 +177,7 @@ def run_vla_posttrain(cfg: dict[str, Any], progress: bool = True,
         false = sum(h["imagined_false_success"] for h in checks)
         results["algos"][algo] = {"after": {**_summary(after), "sampled_success_rate": sampled_after,
                                             "paired": paired(pol, after, wm)},
-                                  "history": out["history"], "refinements": out["refinements"],
+                                  "history": out["history"], "refinements": out["refinements"], "kept": out["kept"],
                                   "post_train_s": out["seconds"], "eval_after_s": eval_after_s,
                                   "imagined_successes_checked": imagined, "imagined_false_successes": false,
                                   "imagined_false_success_rate": false / imagined if imagined else float("nan")}

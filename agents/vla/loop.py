@@ -17,6 +17,7 @@ success heads and the world model.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class PostTrainConfig:
     real_check_every: int = 4       # iterations between real checks
     real_check_episodes: int = 20   # real episodes per check (spread over the variants)
     real_check_seed: int = 50000
+    keep_best: bool = False         # end with the policy of the best real check (the starting policy is checked too; ties: the later)
     dynamics_steps: int = 150       # world-model fine-tuning steps per refinement, DiT and each group of heads (0: no refinement)
     dynamics_batch: int = 16
     dynamics_lr: float = 2e-4
@@ -193,10 +195,11 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     config, default :class:`VLAPGPEConfig`) inside ``model`` (a
     :class:`PixelWorldModel`, fine-tuned in place between rounds on ``base_rows`` plus the real
     checks' rows, which are also appended to ``frame_store`` when given). Returns ``history``
-    (one dict per iteration: imagined success / flagged / diverged rates, losses, and at real
+    (one dict per iteration: imagined success / flagged / diverged / uncertain rates, losses, and at real
     checks the real success, the paired imagined success and the imagined-success-but-real-failure
-    count), ``refinements`` (world-model fine-tuning metrics), ``video`` (imagined frames) and
-    ``seconds``."""
+    count), ``refinements`` (world-model fine-tuning metrics), ``video`` (imagined frames),
+    ``kept`` (with ``cfg.keep_best``: ``updates`` and ``real_success`` of the real check whose policy
+    ``policy`` ends with; updates 0 is the starting policy, checked first) and ``seconds``."""
     from world_models.pixel.training import PixelTrainConfig, train_dynamics
 
     if algo not in POST_TRAINING_ALGOS:
@@ -222,7 +225,11 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     imagination.seed(cfg.seed)
     if cfg.pose_guard and imagination.object_pose(imagination.start(1, torch.zeros(1, dtype=torch.long))) is None:
         raise ValueError("post_train.pose_guard needs a world model that carries the T's pose (an object head)")
-    it_total = 0
+    it_total, kept = 0, None
+    if cfg.keep_best:
+        check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
+        new_rows.append(check.pop("rows"))
+        kept = {"updates": 0, "real_success": check["real_success"], "state": copy.deepcopy(policy.state_dict())}
     for rnd in range(cfg.rounds):
         for it in range(cfg.iterations):
             starts, vi = pool.sample(cfg.envs // group, v, gen, cfg.near_fraction, (radius, cfg.near_distance))
@@ -251,6 +258,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
                 check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
                 new_rows.append(check.pop("rows"))
                 rec.update(check)
+                if kept is not None and check["real_success"] >= kept["real_success"]:
+                    kept = {"updates": it_total, "real_success": check["real_success"], "state": copy.deepcopy(policy.state_dict())}
             history.append(rec)
             if progress:
                 print(f"[{algo}] round {rnd} it {it}: " + ", ".join(f"{k} {x:.3g}" for k, x in rec.items()
@@ -272,7 +281,9 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             new_rows = []
             imagination = pool.imagination(model, device, **cfg.imagination_options())
             imagination.seed(cfg.seed + rnd + 1)
-    return {"history": history, "refinements": refinements, "video": video, "seconds": time.time() - t0}
+    if kept is not None:
+        policy.load_state_dict(kept.pop("state"))
+    return {"history": history, "refinements": refinements, "video": video, "kept": kept, "seconds": time.time() - t0}
 
 
 def guard_pose(roll: dict[str, torch.Tensor], targets: np.ndarray, radius: float) -> None:

@@ -84,7 +84,9 @@ def write_report(run: Path, results: dict[str, Any], videos: dict[str, np.ndarra
         rate = r["imagined_false_success_rate"]
         lines.append(f"- {a}: imagined successes at the real checks {r['imagined_successes_checked']}, of which real "
                      f"failures {r['imagined_false_successes']} (rate {'n/a' if rate != rate else f'{rate:.2f}'}); "
-                     f"post-training {r['post_train_s']:.0f} s; world-model refinements {len(r['refinements'])}.")
+                     f"post-training {r['post_train_s']:.0f} s; world-model refinements {len(r['refinements'])}"
+                     + (f"; kept the policy after {r['kept']['updates']} updates (real check {r['kept']['real_success']:.2f})."
+                        if r.get("kept") else "."))
     paired = [(label, s["paired"]) for label, s in bars if s.get("paired")]
     if paired:
         lines += ["", "The evaluation episodes imagined again (same first frames, instructions and policy; "
