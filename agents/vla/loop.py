@@ -230,6 +230,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
         check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
         new_rows.append(check.pop("rows"))
         kept = {"updates": 0, "real_success": check["real_success"], "state": copy.deepcopy(policy.state_dict())}
+        if progress:
+            print(f"[{algo}] real check of the starting policy: {check['real_success']:.3g}", flush=True)
     for rnd in range(cfg.rounds):
         for it in range(cfg.iterations):
             starts, vi = pool.sample(cfg.envs // group, v, gen, cfg.near_fraction, (radius, cfg.near_distance))
@@ -283,6 +285,8 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
             imagination.seed(cfg.seed + rnd + 1)
     if kept is not None:
         policy.load_state_dict(kept.pop("state"))
+        if progress:
+            print(f"[{algo}] kept the policy after {kept['updates']} updates (real check {kept['real_success']:.3g})", flush=True)
     return {"history": history, "refinements": refinements, "video": video, "kept": kept, "seconds": time.time() - t0}
 
 
