@@ -58,8 +58,8 @@ def main() -> None:
     results: dict = {"args": json.loads(json.dumps(vars(args), default=str)),
                      "heads_calibration": calib, "policies": {}}
     print("| policy | real success | imagined success | imagined successes | of them real failures | "
-          "with the model's T in the region | of them real failures | s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "with the model's T in the region | of them real failures | uncertain rollouts | s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for folder in args.policies:
         t0 = time.time()
         policy = load_vla(folder, embedder=embedder)
@@ -73,7 +73,8 @@ def main() -> None:
             results["policies"][name] = out
             print(f"| `{name}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
                   f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
-                  f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['seconds']:.0f} |", flush=True)
+                  f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
+                  flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -318,7 +318,8 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     and compare the outcomes episode by episode.
 
     Returns ``real_success_within_horizon``, ``paired_imagined_success`` (rates), ``imagined_successes`` and
-    ``imagined_false_success`` (imagined successes whose real episode did not succeed within the horizon); when the
+    ``imagined_false_success`` (imagined successes whose real episode did not succeed within the horizon),
+    ``uncertain_rollouts`` (the share that became uncertain: the imagination's ``max_spread``); when the
     imagination carries the T's pose (``targets`` (V, 2) the variants' targets, world units), also
     ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those imagined successes where the
     imagination's own T was in the region at a frame the heads called a success (a false one of these is the
@@ -333,7 +334,8 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     imagined = judged_success(roll).any(0).cpu().numpy()  # the heads' verdict alone
     real_h = real["success"] & (real["steps"] <= decisions * policy.cfg.chunk)
     out = {"real_success_within_horizon": float(real_h.mean()), "paired_imagined_success": float(imagined.mean()),
-           "imagined_successes": int(imagined.sum()), "imagined_false_success": int((imagined & ~real_h).sum())}
+           "imagined_successes": int(imagined.sum()), "imagined_false_success": int((imagined & ~real_h).sum()),
+           "uncertain_rollouts": float(roll["uncertain"][-1].float().mean())}
     if "object_pose" in roll:
         guard_pose(roll, targets[real["variant"]], radius)
         agrees = judged_success(roll).any(0).cpu().numpy()
