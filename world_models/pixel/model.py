@@ -14,10 +14,12 @@ Observations are dicts, as the Gymnasium env's: ``{"pixels": (B, H, W, 3) uint8,
 - ``agent_pos`` (B, K, S) and ``prev_action`` (B, K, A): state shown by, and action that led to,
   each of those frames,
 - ``object_pose`` (B, K, 4) with ``decoder_object_extent`` > 0: the object's pose in those frames
-  (normalized x, y, cos, sin).
+  (normalized x, y, cos, sin; imagined: the object-dynamics members' mean), and ``object_members``
+  (B, E, K, 4) each member's own pose in them.
 
-``imagine`` returns ``Prediction(obs=agent state, reward, termination_logit, extras={"pixels":
-uint8 frames, "coverage": (B,) in [0, 1], "latent": (B, C, h, w)})``.
+``imagine`` returns ``Prediction(obs=agent state, reward, termination_logit, uncertainty=the
+members' spread of the object's position (B,) world units (zeros for one member or no object),
+extras={"pixels": uint8 frames, "coverage": (B,) in [0, 1], "latent": (B, C, h, w)})``.
 """
 
 from __future__ import annotations
