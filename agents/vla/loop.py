@@ -226,10 +226,14 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
     if cfg.pose_guard and imagination.object_pose(imagination.start(1, torch.zeros(1, dtype=torch.long))) is None:
         raise ValueError("post_train.pose_guard needs a world model that carries the T's pose (an object head)")
     it_total, kept = 0, None
+
+    def snapshot(updates: int, real_success: float) -> dict:  # keep_best's candidate: the policy as it is now
+        return {"updates": updates, "real_success": real_success, "state": copy.deepcopy(policy.state_dict())}
+
     if cfg.keep_best:
         check = real_check(policy, model, success, lang_table, variants, cfg, max_steps, radius, device)
         new_rows.append(check.pop("rows"))
-        kept = {"updates": 0, "real_success": check["real_success"], "state": copy.deepcopy(policy.state_dict())}
+        kept = snapshot(0, check["real_success"])
         if progress:
             print(f"[{algo}] real check of the starting policy: {check['real_success']:.3g}", flush=True)
     for rnd in range(cfg.rounds):
@@ -261,7 +265,7 @@ def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, la
                 new_rows.append(check.pop("rows"))
                 rec.update(check)
                 if kept is not None and check["real_success"] >= kept["real_success"]:
-                    kept = {"updates": it_total, "real_success": check["real_success"], "state": copy.deepcopy(policy.state_dict())}
+                    kept = snapshot(it_total, check["real_success"])
             history.append(rec)
             if progress:
                 print(f"[{algo}] round {rnd} it {it}: " + ", ".join(f"{k} {x:.3g}" for k, x in rec.items()

@@ -165,6 +165,11 @@ class PixelWorldModel(WorldModel):
         xy = (pose[..., :2] - self.obs_mid) / self.obs_half
         return torch.cat([xy, pose[..., 2:].cos(), pose[..., 2:].sin()], dim=-1)
 
+    def object_spread(self, members: torch.Tensor) -> torch.Tensor:
+        """The object-dynamics members' disagreement about the object's position: normalized poses
+        (E, ..., 4) -> (...) world units (the norm of the per-axis std over members; zeros for one member)."""
+        return member_std(members[..., :2] * self.obs_half).norm(dim=-1)
+
     def object_pose(self, carry: Carry) -> torch.Tensor | None:
         """The pushed object's current pose (B, 3) = (x, y, angle rad) in the agent state's units, as
         the carry holds it (None for a model without an object head)."""
@@ -342,7 +347,7 @@ class PixelWorldModel(WorldModel):
             members = self.roll_object(carry["object_members"].transpose(0, 1), torch.cat([states, pos_n[:, None]], dim=1),
                                        torch.cat([acts, a[:, None]], dim=1))[:, :, 0]  # (E, B, 4)
             pose = self.object_dynamics.mean_pose(members)
-            spread = member_std(members[..., :2] * self.obs_half).norm(dim=-1)  # (B,) world units
+            spread = self.object_spread(members)
             with amp:
                 pixels = to_uint8(self.tokenizer.decode(z, pos_n, pose).float())
                 feat = self.tokenizer.features(to_unit(pixels)).float()

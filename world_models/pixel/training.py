@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from world_models.heads import member_std
 from world_models.pixel.frames import FrameWindows
 from world_models.pixel.model import PixelWorldModel
 from world_models.pixel.tokenizer import to_uint8, to_unit
@@ -357,7 +356,7 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
 
     pos, ang = errors(pred)
     still_pos, still_ang = errors(poses[:, k - 1:k].expand_as(pred))
-    spread = member_std(members[..., :2] * model.obs_half).norm(dim=-1).cpu()
+    spread = model.object_spread(members).cpu()
     return {"position_error": pos, "angle_error": ang, "still_position_error": still_pos, "still_angle_error": still_ang,
             "spread": spread}
 
