@@ -1,10 +1,10 @@
 """How far the object-dynamics members' spread grows along a policy's imagined episodes (issue 8).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.vla_spread MODEL POLICY [--episodes 64] [--limits 20 30 40 60 80]
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_spread MODEL HEADS POLICY [--episodes 64] [--limits 20 30 40 60 80]
 
-MODEL is a pixel world model with ``object_dynamics_members`` > 1. POLICY's real evaluation episodes (seeds
-20000 on, instruction i mod 5) are imagined again from their first frames, deterministic chunk, 38 calls,
-bfloat16; printed: quantiles of the largest spread so far (world units) after 4 / 8 / 16 / 24 / 38 calls,
+MODEL is a pixel world model with ``object_dynamics_members`` > 1, HEADS a ``wam vla-posttrain`` run's
+``success_heads/`` folder. POLICY's real evaluation episodes (seeds 20000 on, instruction i mod 5) are
+imagined again from their first frames (:func:`rollout_imagined`: deterministic chunk, 38 calls, bfloat16); printed: quantiles of the largest spread so far (world units) after 4 / 8 / 16 / 24 / 38 calls,
 and for each candidate ``post_train.max_spread`` the share of episodes that become uncertain and the
 median call at which they do (38: never). The figures ``max_spread`` is chosen from.
 """
@@ -17,18 +17,20 @@ import numpy as np
 import torch
 
 from agents.vla.language import InstructionEmbedder
-from agents.vla.loop import evaluate_real
+from agents.vla.loop import StartPool, evaluate_real
 from agents.vla.policy import load_vla
-from agents.vla.rollout import adapted_sample
+from agents.vla.rollout import rollout_imagined
+from agents.vla.success import load_success_heads
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
 from tasks.pusht import PUSHT_VARIANTS
-from wam_env.pixels import PixelImagination
+from world_models.checkpoint import load_checkpoint
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model")
-    p.add_argument("policy")
+    p.add_argument("model", help="pixel world-model checkpoint folder")
+    p.add_argument("heads", help="success-heads folder (run_dir/success_heads of wam vla-posttrain)")
+    p.add_argument("policy", help="VLA policy folder")
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--decisions", type=int, default=38)
     p.add_argument("--limits", type=float, nargs="+", default=[20, 30, 40, 60, 80])
@@ -37,20 +39,17 @@ def main() -> None:
     table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
     policy = load_vla(args.policy, embedder=embedder)
     real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
+    model, _, _ = load_checkpoint(args.model)
+    model.eval()
+    heads, _ = load_success_heads(args.heads)
     first = real["rows"]["step"] == 0
-    imagination = PixelImagination(args.model, {"pixels": real["rows"]["pixels"][first], "agent_pos": real["rows"]["agent_pos"][first]},
-                                   precision="bfloat16")
+    imagination = StartPool({k: real["rows"][k][first] for k in ("pixels", "agent_pos")}).imagination(
+        model, "cpu", precision="bfloat16")
     imagination.seed(0)
-    carry = imagination.start(args.episodes, torch.arange(args.episodes))
-    lang = table[torch.as_tensor(real["variant"])]
-    spread = []
     with torch.no_grad():
-        for _ in range(args.decisions):
-            chunk = adapted_sample(policy, policy.images(carry["pixels"]), carry["obs"].float(), lang, True)["actions"]
-            for k in range(policy.cfg.chunk):
-                carry, step = imagination.step(carry, chunk[:, k].contiguous())
-            spread.append(step["uncertainty"])
-    so_far = torch.stack(spread).cummax(0).values  # (D, N)
+        roll = rollout_imagined(policy, imagination, heads, torch.arange(args.episodes),
+                                table[torch.as_tensor(real["variant"])], args.decisions, deterministic=True)
+    so_far = roll["uncertainty"].cummax(0).values  # (D, N)
     print("| calls | largest spread so far, world units: 10 / 25 / 50 / 75 / 90 % |\n|---:|---|")
     for d in (4, 8, 16, 24, args.decisions):
         if d <= args.decisions:

@@ -585,7 +585,8 @@ def test_vla_posttrain_end_to_end_on_the_simulator(tmp_path):
 def test_frames_after_the_dynamics_members_disagree_are_not_trusted():
     """With ``max_spread`` below the untrained object-dynamics members' spread every imagined frame is
     ``uncertain`` (and so ``diverged``): heads that call every frame a success count none of them, and the
-    progress is the start frame's; without a limit nothing is flagged and every frame counts."""
+    progress is the start frame's; without a limit nothing is flagged and every frame counts. The rollout
+    records each chunk's largest spread either way."""
     from agents.vla.grpo import judged_success
 
     torch.manual_seed(0)
@@ -603,6 +604,7 @@ def test_frames_after_the_dynamics_members_disagree_are_not_trusted():
         roll = rollout_imagined(policy, PixelImagination(model, starts, max_spread=limit), AlwaysSuccessHeads(), torch.arange(4),
                                 lang, decisions=2)
         assert bool(roll["uncertain"].all()) == untrusted and bool(roll["diverged"].all()) == untrusted
+        assert roll["uncertainty"].shape == (2, 4) and bool((roll["uncertainty"] > 1e-6).all())  # each chunk's largest spread
         assert bool(judged_success(roll).any()) != untrusted
         roll["distance"] = torch.tensor([100.0, 50.0, 10.0])[:, None].expand(-1, 4)  # the T comes closer in imagination
         assert torch.equal(closest_distance(roll), torch.full((4,), 100.0 if untrusted else 10.0))

@@ -203,7 +203,7 @@ class SimulatorImagination:
         obs = [e.step(ai)[0] for e, ai in zip(self.envs, a)]
         new = self._frames(obs)
         none = torch.zeros(len(a), dtype=torch.bool, device=self.device)
-        return new, {**new, "diverged": none, "uncertain": none}
+        return new, {**new, "diverged": none, "uncertain": none, "uncertainty": torch.zeros(len(a), device=self.device)}
 
 
 @torch.no_grad()
@@ -220,15 +220,17 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     (D + 1, B, 2) the frames the policy saw (and the last one), ``u`` (D, B, chunk * A),
     ``log_prob`` (D, B), ``prob`` / ``std`` / ``distance`` / ``flagged`` (D + 1, B) the success
     heads' verdicts on each of those frames, ``diverged`` (D, B) bool (the model broke down, or was uncertain,
-    during the chunk or before), ``uncertain`` (D, B) bool (the imagination's ``uncertain``: the model's
-    dynamics members disagreed beyond its limit, during the chunk or before),
+    during the chunk or before), ``uncertainty`` (D, B) the largest ``uncertainty`` of the imagination's steps
+    during the chunk (world units: the object-dynamics members' spread; zeros for one member or the physics),
+    ``uncertain`` (D, B) bool (the imagination's ``uncertain``: the model's dynamics members disagreed beyond
+    its limit, during the chunk or before),
     ``video`` (keep_frames, D * chunk + 1, H, W, 3) every imagined frame of the first envs, and, asked
     for with ``object_pose`` and when the imagination carries the T's pose (the physics; a world model with an
     object head), ``object_pose`` (D + 1, B, 3) (x, y, angle rad) on those frames.
     """
     b = len(start)
     carry = imagination.start(b, index=start)
-    pix, st, us, lps, divs, unsure = [carry["pixels"]], [carry["obs"].float()], [], [], [], []
+    pix, st, us, lps, divs, unsure, spread = [carry["pixels"]], [carry["obs"].float()], [], [], [], [], []
     video = [carry["pixels"][:keep_frames]]
     broken = torch.zeros(b, dtype=torch.bool, device=lang.device)
     uncertain = torch.zeros_like(broken)
@@ -236,8 +238,10 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
     for _ in range(decisions):
         img = policy.images(carry["pixels"])
         out = adapted_sample(policy, img, carry["obs"].float(), lang, deterministic, adapter)
+        chunk_spread = torch.zeros(b, device=lang.device)
         for k in range(policy.cfg.chunk):
             carry, step = imagination.step(carry, out["actions"][:, k].contiguous())
+            chunk_spread = torch.maximum(chunk_spread, step["uncertainty"].float())
             uncertain = uncertain | step["uncertain"]
             broken = broken | step["diverged"] | uncertain
             video.append(carry["pixels"][:keep_frames])
@@ -249,13 +253,14 @@ def rollout_imagined(policy: VLAPolicy, imagination, success: SuccessEnsemble, s
         lps.append(out["log_prob"])
         divs.append(broken.clone())
         unsure.append(uncertain.clone())
+        spread.append(chunk_spread)
     pixels = torch.stack(pix)
     judged = success.judge(pixels.flatten(0, 1), lang.repeat(decisions + 1, 1))
     shape = (decisions + 1, b)
     out = {"pixels": pixels, "state": torch.stack(st), "u": torch.stack(us), "log_prob": torch.stack(lps),
            "prob": judged["prob"].view(shape), "std": judged["std"].view(shape), "distance": judged["distance"].view(shape),
            "flagged": judged["flagged"].view(shape), "diverged": torch.stack(divs),
-           "uncertain": torch.stack(unsure), "video": torch.stack(video, dim=1)}
+           "uncertainty": torch.stack(spread), "uncertain": torch.stack(unsure), "video": torch.stack(video, dim=1)}
     if poses[0] is not None:
         out["object_pose"] = torch.stack(poses)
     return out
