@@ -6,7 +6,8 @@ For every POLICY, ``--episodes`` real episodes (seeds 30000 on, instruction i mo
 chunk and with sampled chunks; printed per set: the pusher's and the T's mean speed (world units per 0.1 s
 step), and the object-dynamics head's open-loop position error (world units; the members' mean) after 1 / 4 /
 8 / 16 / 32 steps, fed the real pusher positions and actions (:func:`object_open_loop`), beside the error of
-predicting no motion; the held-out scripted episodes of the model's training run (``--run``) for reference.
+predicting no motion (how far the T really moved), and how far the prediction moved the T after 16 steps as a
+share of how far it really moved (< 1: the model's T lags); the held-out scripted episodes of the model's training run (``--run``) for reference.
 
 With ``--refine-on``: a copy of the model's heads on states (pusher and object dynamics) is fine-tuned, as a
 World-VLA-Loop refinement would, on those policies' sampled episodes plus the run's state rows
@@ -34,6 +35,7 @@ from world_models.checkpoint import load_checkpoint
 from world_models.pixel.training import PixelTrainConfig, object_open_loop, train_dynamics
 
 HORIZONS = (1, 4, 8, 16, 32)
+MOTION_HORIZON = 16  # steps after which predicted and true motion are compared
 
 
 def speeds(rows: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -47,9 +49,10 @@ def speeds(rows: dict[str, np.ndarray]) -> tuple[float, float]:
 def error_row(name: str, model, rows: dict[str, np.ndarray]) -> str:
     o = object_open_loop(model, rows, max(HORIZONS), starts=512, seed=0)
     agent, block = speeds(rows)
+    motion = float(o["predicted_motion"][:, MOTION_HORIZON - 1].mean() / o["still_position_error"][:, MOTION_HORIZON - 1].mean())
     return (f"| {name} | {agent:.1f} / {block:.2f} | "
             + " | ".join(f"{o['position_error'][:, h - 1].mean():.1f} ({o['still_position_error'][:, h - 1].mean():.1f})"
-                         for h in HORIZONS) + " |")
+                         for h in HORIZONS) + f" | {motion:.2f} |")
 
 
 def main() -> None:
@@ -81,7 +84,8 @@ def main() -> None:
         return {k: v for k, v in real["rows"].items() if k != "pixels"}
 
     header = ("| episodes | pusher / T speed (units per step) | "
-              + " | ".join(f"error h={h} (no motion)" for h in HORIZONS) + " |\n|---|---|" + "---:|" * len(HORIZONS))
+              + " | ".join(f"error h={h} (no motion)" for h in HORIZONS)
+              + " | predicted / true motion, h=16 |\n|---|---|" + "---:|" * (len(HORIZONS) + 1))
     print(header)
     print(error_row(f"scripted, held out ({args.run})", model, held_out), flush=True)
     sampled = {}

@@ -375,6 +375,8 @@ def test_object_rollouts_learn_from_state_rows():
     err = object_open_loop(model, held, horizon=4, starts=32)
     assert err["position_error"].shape == (30, 4)  # every held-out row with 4 successors (5 of 9 per episode)
     assert (err["position_error"].mean(0) < err["still_position_error"].mean(0)).all(), err
+    # the trained head moves the bar about as far as it really moved (a still prediction would give 0)
+    assert ((err["predicted_motion"].mean(0) / err["still_position_error"].mean(0) - 1).abs() < 0.5).all(), err
 
 
 def test_checkpoint_and_pixel_envs(tmp_path, trained_square_model):

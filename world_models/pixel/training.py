@@ -337,8 +337,9 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
     true poses up to a start row, :meth:`PixelWorldModel.roll_object` over ``horizon`` steps with the real
     agent positions and actions. Returns ``position_error`` (S, horizon) world units (the object's
     position) and ``angle_error`` (S, horizon) radians of the members' mean pose, beside ``still_position_error`` /
-    ``still_angle_error``: the errors of predicting no motion (the floor to beat), and ``spread`` (S, horizon)
-    world units: the members' disagreement about the position (zeros for one member)."""
+    ``still_angle_error``: the errors of predicting no motion (the floor to beat; the first is how far the object
+    really moved), ``predicted_motion`` (S, horizon) world units: how far the prediction moved it, and ``spread``
+    (S, horizon) world units: the members' disagreement about the position (zeros for one member)."""
     if model.object_head is None:
         raise ValueError("object_open_loop needs a model whose decoder draws the object (decoder_object_extent > 0)")
     r = _rows(rows)
@@ -354,9 +355,11 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
         d = model.object_dynamics.change(guess, poses[:, k:])
         return (d[..., :2] * model.obs_half).norm(dim=-1).cpu(), d[..., 2].abs().cpu()
 
+    last = poses[:, k - 1:k].expand_as(pred)
     pos, ang = errors(pred)
-    still_pos, still_ang = errors(poses[:, k - 1:k].expand_as(pred))
+    still_pos, still_ang = errors(last)
+    moved = (model.object_dynamics.change(last, pred)[..., :2] * model.obs_half).norm(dim=-1).cpu()
     spread = model.object_spread(members).cpu()
     return {"position_error": pos, "angle_error": ang, "still_position_error": still_pos, "still_angle_error": still_ang,
-            "spread": spread}
+            "predicted_motion": moved, "spread": spread}
 
