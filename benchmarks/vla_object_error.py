@@ -7,7 +7,9 @@ chunk and with sampled chunks; printed per set: the pusher's and the T's mean sp
 step), and the object-dynamics head's open-loop position error (world units; the members' mean) after 1 / 4 /
 8 / 16 / 32 steps, fed the real pusher positions and actions (:func:`object_open_loop`), beside the error of
 predicting no motion (how far the T really moved), and how far the prediction moved the T after 16 steps as a
-share of how far it really moved (< 1: the model's T lags); the held-out scripted episodes of the model's training run (``--run``) for reference.
+share of how far it really moved (< 1: the model's T lags); the held-out scripted episodes of the model's
+training run (``--run``) for reference. ``--sample``: a stochastic head (``object_dynamics_noise``) draws
+each step's change, as a sampled imagination does, instead of taking its mean.
 
 With ``--refine-on``: a copy of the model's heads on states (pusher and object dynamics) is fine-tuned, as a
 World-VLA-Loop refinement would, on those policies' sampled episodes plus the run's state rows
@@ -46,8 +48,8 @@ def speeds(rows: dict[str, np.ndarray]) -> tuple[float, float]:
     return float(agent.mean()), float(block.mean())
 
 
-def error_row(name: str, model, rows: dict[str, np.ndarray]) -> str:
-    o = object_open_loop(model, rows, max(HORIZONS), starts=512, seed=0)
+def error_row(name: str, model, rows: dict[str, np.ndarray], sample: bool = False) -> str:
+    o = object_open_loop(model, rows, max(HORIZONS), starts=512, seed=0, sample=sample)
     agent, block = speeds(rows)
     motion = float(o["predicted_motion"][:, MOTION_HORIZON - 1].mean() / o["still_position_error"][:, MOTION_HORIZON - 1].mean())
     return (f"| {name} | {agent:.1f} / {block:.2f} | "
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--run", type=Path, default=Path("runs/pixel_v14"),
                    help="the model's training run (held-out scripted episodes; states.npz for --refine-on)")
     p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--sample", action="store_true",
+                   help="a stochastic head (object_dynamics_noise) draws each step's change, as a sampled imagination does")
     p.add_argument("--refine-on", nargs="*", default=[], help="policies whose sampled episodes refine the heads on states")
     p.add_argument("--steps", type=int, default=2000, help="one-step steps of the heads on states (batch 256, lr 3e-4)")
     p.add_argument("--rollout-steps", type=int, default=500, help="16-step-rollout steps of the object head (batch 128, lr 1e-4)")
@@ -87,12 +91,12 @@ def main() -> None:
               + " | ".join(f"error h={h} (no motion)" for h in HORIZONS)
               + " | predicted / true motion, h=16 |\n|---|---|" + "---:|" * (len(HORIZONS) + 1))
     print(header)
-    print(error_row(f"scripted, held out ({args.run})", model, held_out), flush=True)
+    print(error_row(f"scripted, held out ({args.run})", model, held_out, args.sample), flush=True)
     sampled = {}
     for folder in args.policies:
-        print(error_row(f"`{folder}`, deterministic", model, episodes(folder, 30000, True)), flush=True)
+        print(error_row(f"`{folder}`, deterministic", model, episodes(folder, 30000, True), args.sample), flush=True)
         sampled[folder] = episodes(folder, 30000, False)
-        print(error_row(f"`{folder}`, sampled", model, sampled[folder]), flush=True)
+        print(error_row(f"`{folder}`, sampled", model, sampled[folder], args.sample), flush=True)
     if not args.refine_on:
         return
 
@@ -108,12 +112,12 @@ def main() -> None:
     print(f"\nrefined on {len(train['step'])} rows of {args.refine_on} + {len(state_rows['step'])} state rows "
           f"({time.time() - t0:.0f} s); fresh sampled episodes, seeds 40000 on:\n")
     print(header)
-    print(error_row("scripted, held out: before", model, held_out))
-    print(error_row("scripted, held out: refined", refined, held_out), flush=True)
+    print(error_row("scripted, held out: before", model, held_out, args.sample))
+    print(error_row("scripted, held out: refined", refined, held_out, args.sample), flush=True)
     for folder in args.policies:
         fresh = episodes(folder, 40000, False)
-        print(error_row(f"`{folder}`: before", model, fresh))
-        print(error_row(f"`{folder}`: refined", refined, fresh), flush=True)
+        print(error_row(f"`{folder}`: before", model, fresh, args.sample))
+        print(error_row(f"`{folder}`: refined", refined, fresh, args.sample), flush=True)
 
 
 if __name__ == "__main__":

@@ -567,6 +567,51 @@ def test_object_dynamics_ensemble_disagrees_off_its_data_and_flags_imagined_step
         ObjectDynamicsHead(context=2, members=0)
 
 
+def test_stochastic_object_dynamics_learns_the_spread_and_imagination_draws_from_it():
+    """``object_dynamics_noise``: the head learns the spread of the object's change by its likelihood — wide where
+    the push's outcome varies (the bar's position jittered by 8 world units every step), narrow where it does not —
+    and a sampled imagination draws each step's change (two generators: two outcomes), the mean path stays
+    deterministic; the mean-only head of the same data has no spread to draw."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def state_rows(seed: int, jitter: float) -> dict[str, np.ndarray]:
+        rows = {k: v for k, v in bar_rows(30, seed=seed, pushed=True).items() if k != "pixels"}
+        rows["block_pose"][:, :2] += rng.normal(0.0, jitter, rows["block_pose"][:, :2].shape).astype(np.float32)
+        return rows
+
+    cfg = PixelTrainConfig(dynamics_steps=0, head_steps=0, state_head_steps=600, state_head_batch=128, state_head_lr=3e-3)
+    held = state_rows(5, 0.0)
+    windows = FrameWindows({k: torch.as_tensor(held[k]) for k in ("agent_pos", "action", "coverage", "episode", "block_pose")},
+                           context=2, future=1, seed=0)
+    batch = windows.sample(256)
+    std = {}
+    for jitter in (0.0, 8.0):
+        model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0,
+                            object_dynamics_hidden=64, object_dynamics_noise=True)
+        metrics = train_dynamics(model, state_rows(0, jitter), cfg, progress=False)
+        assert "final_object_change_nll" in metrics
+        states, acts = model.norm_obs(batch["agent_pos"]), model.norm_action(batch["prev_action"])
+        with torch.no_grad():
+            _, log_std = model.object_dynamics.distribution(model.norm_object_pose(batch["block_pose"])[:, :-1], states, acts)
+        std[jitter] = float((log_std[..., 0].exp() * model.object_dynamics.SCALE * model.obs_half[0]).median())
+    # one step's change of a position jittered by 8 units at both ends varies by 8 * sqrt(2) = 11.3 units
+    assert 5.0 < std[8.0] < 25.0 and std[8.0] > 3 * std[0.0], std
+
+    rows = bar_rows(3, seed=2, pushed=True)
+    start = {"pixels": torch.as_tensor(rows["pixels"][:2]), "agent_pos": torch.as_tensor(rows["agent_pos"][:2])}
+    carry = PixelImagination(model, start).start(2, torch.tensor([0, 1]))
+    action = torch.as_tensor(rows["agent_pos"][3:5])
+    with torch.no_grad():
+        drawn = [model.imagine(carry, action, generator=torch.Generator().manual_seed(s))[0]["object_pose"][:, -1] for s in (0, 1)]
+        mean = [model.imagine(carry, action, sample=False)[0]["object_pose"][:, -1] for _ in range(2)]
+    moved = ((drawn[0] - drawn[1])[:, :2] * model.obs_half).norm(dim=-1)
+    assert bool((moved > 1.0).all()) and torch.equal(mean[0], mean[1]), moved
+    plain = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0, object_dynamics_hidden=64)
+    poses = plain.norm_object_pose(batch["block_pose"])[:, :-1]
+    assert plain.object_dynamics.distribution(poses, plain.norm_obs(batch["agent_pos"]), plain.norm_action(batch["prev_action"]))[1] is None
+
+
 def test_object_dynamics_checkpoints_before_the_ensemble_load_as_one_member(tmp_path):
     """A head saved as one ``nn.Sequential`` (before the ensemble) loads as a one-member ensemble that
     computes the same changes."""

@@ -73,6 +73,9 @@ class PixelWorldModel(WorldModel):
         object_dynamics_members: E independent object-dynamics MLPs (bootstrap-weighted rows). Each
             member moves its own copy of the object through an imagined rollout; the frame draws their
             mean pose and ``Prediction.uncertainty`` is the spread of their positions (world units).
+        object_dynamics_noise: the object-dynamics head predicts the spread of the object's change too
+            (``ObjectDynamicsHead(stochastic=True)``, trained by its likelihood) and a sampled imagination
+            (``imagine(sample=True)``) draws each step's change from it; off: the mean change.
     """
 
     MAP_CELLS = 4  # heat-map cells per token side
@@ -86,7 +89,7 @@ class PixelWorldModel(WorldModel):
                  infer_context_noise: float = 0.05, success_coverage: float = 0.95, reward_hidden: int = 64,
                  agent_maps: bool = False, residual: bool = False, agent_loss_weight: float = 0.0,
                  decoder_agent_radius: float = 0.0, decoder_object_extent: float = 0.0, object_dynamics_hidden: int = 256,
-                 object_dynamics_frame: str = "image", object_dynamics_members: int = 1):
+                 object_dynamics_frame: str = "image", object_dynamics_members: int = 1, object_dynamics_noise: bool = False):
         super().__init__()
         if spec.history < 1:
             raise ValueError(f"PixelWorldModel needs spec.history >= 1 context frames, got {spec.history}")
@@ -104,7 +107,8 @@ class PixelWorldModel(WorldModel):
                             reward_hidden=reward_hidden, agent_maps=agent_maps, residual=residual,
                             agent_loss_weight=agent_loss_weight, decoder_agent_radius=decoder_agent_radius,
                             decoder_object_extent=decoder_object_extent, object_dynamics_hidden=object_dynamics_hidden,
-                            object_dynamics_frame=object_dynamics_frame, object_dynamics_members=object_dynamics_members)
+                            object_dynamics_frame=object_dynamics_frame, object_dynamics_members=object_dynamics_members,
+                            object_dynamics_noise=object_dynamics_noise)
         self.frame_size, self.k = frame_size, spec.history
         self.latent_size = frame_size // 8
         self.sample_steps, self.context_noise, self.infer_context_noise = sample_steps, context_noise, infer_context_noise
@@ -122,8 +126,8 @@ class PixelWorldModel(WorldModel):
         self.tokenizer = CausalVideoTokenizer(latent_channels, tuple(tokenizer_channels), decoder_agent_radius,
                                               decoder_object_extent)
         self.object_head = ObjectPoseHead(latent_channels, self.latent_size) if decoder_object_extent else None
-        self.object_dynamics = (ObjectDynamicsHead(self.k, object_dynamics_hidden, object_dynamics_frame, object_dynamics_members)
-                                if decoder_object_extent else None)
+        self.object_dynamics = (ObjectDynamicsHead(self.k, object_dynamics_hidden, object_dynamics_frame, object_dynamics_members,
+                                                   object_dynamics_noise) if decoder_object_extent else None)
         self.pose_fit_steps, self.pose_fit_lr = 40, 0.02  # render-and-compare at observe (fit_object_pose; run 10)
         self.dit = LatentFlowDiT(latent_channels, (self.latent_size,) * 2, cond_dim=s + a, dim=dim, depth=depth,
                                  heads=heads, patch=patch, max_frames=self.k + 1,
@@ -345,7 +349,7 @@ class PixelWorldModel(WorldModel):
             spread = torch.zeros(b, device=dev)
         else:  # move the object by the object-dynamics members, draw it at their mean, then take the drawn frame's latent as the state
             members = self.roll_object(carry["object_members"].transpose(0, 1), torch.cat([states, pos_n[:, None]], dim=1),
-                                       torch.cat([acts, a[:, None]], dim=1))[:, :, 0]  # (E, B, 4)
+                                       torch.cat([acts, a[:, None]], dim=1), sample, generator)[:, :, 0]  # (E, B, 4)
             pose = self.object_dynamics.mean_pose(members)
             spread = self.object_spread(members)
             with amp:
@@ -438,7 +442,8 @@ class PixelWorldModel(WorldModel):
     def state_head_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of the heads that read states only, on windows as in :meth:`latent_head_loss`:
         agent head (next-position MSE) and, with ``decoder_object_extent`` > 0, object-dynamics
-        head (pose-change MSE in units of its ``SCALE``, every member on its bootstrap weights)."""
+        head (pose-change MSE in units of its ``SCALE``, or for a stochastic head the Gaussian negative
+        log-likelihood in those units, every member on its bootstrap weights)."""
         states, acts = self.norm_obs(batch["agent_pos"].float()), self.norm_action(batch["prev_action"].float())
         self._check_window(states.shape[1])
         agent = F.mse_loss(self.agent_head(states[:, :-1], acts), states[:, -1] - states[:, -2])
@@ -446,24 +451,38 @@ class PixelWorldModel(WorldModel):
         if self.object_head is not None:
             poses = self._object_poses(batch)
             scale = self.object_dynamics.SCALE
-            change = self.object_dynamics(poses[:, :-1], states, acts)  # (E, B, 3)
-            err = ((change - self.object_dynamics.change(poses[:, -2], poses[:, -1])) / scale).pow(2).mean(-1)  # (E, B)
-            w = self.member_weights(err.shape[1], err.device)
-            moved = (err * w).sum() / w.sum().clamp_min(1.0)
-            loss = loss + moved
-            out["object_change_mse"] = moved.detach()
+            change, log_std = self.object_dynamics.distribution(poses[:, :-1], states, acts)  # (E, B, 3) each
+            sq = ((change - self.object_dynamics.change(poses[:, -2], poses[:, -1])) / scale).pow(2)  # (E, B, 3)
+            w = self.member_weights(sq.shape[1], sq.device)
+
+            def weighted(per_row: torch.Tensor) -> torch.Tensor:  # (E, B) -> the bootstrap-weighted mean
+                return (per_row * w).sum() / w.sum().clamp_min(1.0)
+
+            mse = weighted(sq.mean(-1))
+            out["object_change_mse"] = mse.detach()
+            if log_std is None:
+                loss = loss + mse
+            else:
+                nll = weighted((0.5 * sq * torch.exp(-2 * log_std) + log_std).mean(-1))
+                loss = loss + nll
+                out["object_change_nll"] = nll.detach()
         return {"loss": loss, **out}
 
-    def roll_object(self, poses: torch.Tensor, states: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    def roll_object(self, poses: torch.Tensor, states: torch.Tensor, acts: torch.Tensor, sample: bool = False,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Every object-dynamics member fed its own output for H steps: from the last K normalized object
         poses (B, K, 4) (shared) or (E, B, K, 4) (each member's), the normalized agent positions (B, K + H, S)
         and the normalized actions that led to them (B, K + H, A), each member's poses (E, B, H, 4) after
-        each step (as :meth:`imagine` moves the object)."""
+        each step (as :meth:`imagine` moves the object). ``sample`` with a stochastic head
+        (``object_dynamics_noise``): each step's change is drawn (``generator``), else its mean."""
         k, out = self.k, []
+        e = self.object_dynamics.members
         if poses.ndim == 3:
-            poses = poses.expand(self.object_dynamics.members, -1, -1, -1)
+            poses = poses.expand(e, -1, -1, -1)
+        draw = sample and self.object_dynamics.stochastic
         for t in range(states.shape[1] - k):
-            change = self.object_dynamics(poses, states[:, t:t + k + 1], acts[:, t:t + k + 1])
+            noise = torch.randn(e, poses.shape[1], 3, device=poses.device, generator=generator) if draw else None
+            change = self.object_dynamics(poses, states[:, t:t + k + 1], acts[:, t:t + k + 1], noise)
             new = self.object_dynamics.step(poses[:, :, -1], change)
             poses = torch.cat([poses[:, :, 1:], new[:, :, None]], dim=2)
             out.append(new)

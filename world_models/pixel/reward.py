@@ -84,6 +84,12 @@ class ObjectDynamicsHead(nn.Module):
     weights of the same rows, :meth:`PixelWorldModel.state_head_loss`): where they disagree the
     object's motion is epistemically uncertain (the imagination's ``uncertainty``). E = 1 is one MLP.
 
+    ``stochastic``: each member also predicts the spread of the change (a Gaussian with one std for the
+    position, isotropic, and one for the angle; :meth:`distribution`), trained by its negative
+    log-likelihood: the push's outcome varies beyond what these inputs tell (contacts within a step), and
+    a mean-only head then moves the object less than it really moves (BENCHMARKS, issue 8, stop 42).
+    Imagination draws the change (``forward(noise=...)``).
+
     ``frame="image"`` (checkpoints before run 14): the agent's positions and actions enter relative to
     the object in the image's frame (and the agent's also in the object's), the change comes out in the
     image's frame. ``frame="object"``: every relative input (earlier poses, agent positions, actions)
@@ -95,15 +101,17 @@ class ObjectDynamicsHead(nn.Module):
     FRAMES = ("image", "object")
     LAYERS = 3  # hidden layers of each member
 
-    def __init__(self, context: int, hidden: int = 256, frame: str = "image", members: int = 1):
+    LOG_STD_RANGE = (-6.0, 2.0)  # of the std in units of SCALE
+
+    def __init__(self, context: int, hidden: int = 256, frame: str = "image", members: int = 1, stochastic: bool = False):
         super().__init__()
         if frame not in self.FRAMES:
             raise ValueError(f"object-dynamics frame must be one of {self.FRAMES}, got {frame!r}")
         if members < 1:
             raise ValueError(f"object-dynamics members must be >= 1, got {members}")
-        self.frame, self.members = frame, members
+        self.frame, self.members, self.stochastic = frame, members, stochastic
         inputs = context * 4 + 4 + (3 if frame == "image" else 2) * (context + 1) * 2
-        self.net = EnsembleMLP(members, inputs, hidden, self.LAYERS, 3, nn.SiLU)
+        self.net = EnsembleMLP(members, inputs, hidden, self.LAYERS, 5 if stochastic else 3, nn.SiLU)
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -117,9 +125,20 @@ class ObjectDynamicsHead(nn.Module):
                 state[f"{prefix}net.layers.{i}.bias"] = b[None, None]
         return state
 
-    def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         """poses (B, K, 4), shared by the members, or (E, B, K, 4), each member's own; agent (B, K + 1, 2);
-        actions (B, K + 1, 2) -> changes (E, B, 3)."""
+        actions (B, K + 1, 2) -> changes (E, B, 3): the mean, or with ``noise`` (E, B, 3) standard normal and a
+        ``stochastic`` head the drawn change mean + std * noise."""
+        mean, log_std = self.distribution(poses, agent, actions)
+        if noise is None or log_std is None:
+            return mean
+        return mean + log_std.exp() * self.SCALE * noise
+
+    def distribution(self, poses: torch.Tensor, agent: torch.Tensor, actions: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The change's mean (E, B, 3) (as :meth:`forward`) and, for a ``stochastic`` head, the log of its std
+        (E, B, 3) in units of ``SCALE`` (the position's two equal: isotropic, the same in every frame); None else."""
         e = self.members
         if poses.ndim == 3:
             poses = poses.expand(e, -1, -1, -1)
@@ -137,12 +156,17 @@ class ObjectDynamicsHead(nn.Module):
         if self.frame == "image":
             x = torch.cat([rel_poses.flatten(2), poses[..., 2:].flatten(2), last,
                            rel_agent.flatten(2), turned(rel_agent, -1).flatten(2), rel_action.flatten(2)], dim=-1)
-            return self.net(x) * self.SCALE
-        # every input in the object's frame (the headings too: (cos, sin) of a_i - a), the change turned back
-        x = torch.cat([turned(rel_poses, -1).flatten(2), turned(poses[..., 2:], -1).flatten(2), last,
-                       turned(rel_agent, -1).flatten(2), turned(rel_action, -1).flatten(2)], dim=-1)
-        d = self.net(x) * self.SCALE  # (E, B, 3): (dx, dy) in the object's frame, da
-        return torch.cat([turned(d[..., None, :2], 1)[..., 0, :], d[..., 2:]], dim=-1)
+        else:  # every input in the object's frame (the headings too: (cos, sin) of a_i - a)
+            x = torch.cat([turned(rel_poses, -1).flatten(2), turned(poses[..., 2:], -1).flatten(2), last,
+                           turned(rel_agent, -1).flatten(2), turned(rel_action, -1).flatten(2)], dim=-1)
+        out = self.net(x)
+        d = out[..., :3] * self.SCALE
+        if self.frame == "object":  # (dx, dy) came out in the object's frame: turned back to the image's
+            d = torch.cat([turned(d[..., None, :2], 1)[..., 0, :], d[..., 2:]], dim=-1)
+        if not self.stochastic:
+            return d, None
+        log_std = out[..., 3:].clamp(*self.LOG_STD_RANGE)
+        return d, torch.cat([log_std[..., :1], log_std], dim=-1)
 
     @staticmethod
     def mean_pose(poses: torch.Tensor) -> torch.Tensor:

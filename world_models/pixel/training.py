@@ -332,10 +332,11 @@ def open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts
 
 @torch.no_grad()
 def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int, starts: int = 256,
-                     seed: int = 0) -> dict[str, torch.Tensor]:
+                     seed: int = 0, sample: bool = False) -> dict[str, torch.Tensor]:
     """The object-dynamics head alone, open loop on held-out rows (``block_pose`` needed): from the K
     true poses up to a start row, :meth:`PixelWorldModel.roll_object` over ``horizon`` steps with the real
-    agent positions and actions. Returns ``position_error`` (S, horizon) world units (the object's
+    agent positions and actions (``sample``: each step's change drawn from a stochastic head, seeded
+    with ``seed``; else the mean). Returns ``position_error`` (S, horizon) world units (the object's
     position) and ``angle_error`` (S, horizon) radians of the members' mean pose, beside ``still_position_error`` /
     ``still_angle_error``: the errors of predicting no motion (the floor to beat; the first is how far the object
     really moved), ``predicted_motion`` (S, horizon) world units: how far the prediction moved it, and ``spread``
@@ -348,7 +349,8 @@ def object_open_loop(model: PixelWorldModel, rows: dict[str, Any], horizon: int,
     w = {k: v.to(model.latent_mean.device) for k, v in windows.window(start).items()}
     poses = model.norm_object_pose(w["block_pose"].float())
     k = model.k
-    members = model.roll_object(poses[:, :k], model.norm_obs(w["agent_pos"].float()), model.norm_action(w["prev_action"].float()))
+    members = model.roll_object(poses[:, :k], model.norm_obs(w["agent_pos"].float()), model.norm_action(w["prev_action"].float()),
+                                sample, torch.Generator(poses.device).manual_seed(seed))
     pred = model.object_dynamics.mean_pose(members)  # (S, horizon, 4)
 
     def errors(guess: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
