@@ -86,9 +86,10 @@ class ObjectDynamicsHead(nn.Module):
 
     ``stochastic``: each member also predicts the spread of the change (a Gaussian with one std for the
     position, isotropic, and one for the angle; :meth:`distribution`), trained by its negative
-    log-likelihood with the mean held fixed (the mean stays the squared-error fit): the push's outcome varies beyond what these inputs tell (contacts within a step), and
-    a mean-only head then moves the object less than it really moves (BENCHMARKS, issue 8, stop 42).
-    Imagination draws the change (``forward(noise=...)``).
+    log-likelihood with the mean held fixed (the mean stays the squared-error fit). The push's outcome
+    varies beyond what these inputs tell (contacts within a step), and a mean-only head then moves the
+    object less than it really moves (BENCHMARKS, issue 8, stop 42). Imagination draws the change
+    (``forward(noise=...)``).
 
     ``frame="image"`` (checkpoints before run 14): the agent's positions and actions enter relative to
     the object in the image's frame (and the agent's also in the object's), the change comes out in the
