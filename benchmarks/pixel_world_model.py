@@ -47,7 +47,7 @@ def load_cfg() -> tuple[dict, dict]:
             yaml.safe_load((ROOT / "configs/tasks/pusht.yaml").read_text()))
 
 
-def _frames(run: Path, seed: int, model_cfg: dict, task_cfg: dict) -> tuple[dict, dict, dict, ModelSpec]:
+def run_frames(run: Path, seed: int, model_cfg: dict, task_cfg: dict) -> tuple[dict, dict, dict, ModelSpec]:
     """The run's frame data (collected into ``run/data`` first if missing): all rows, the
     train / held-out split and the model spec."""
     from tasks.pusht import collect_pusht, frame_dataset_meta
@@ -70,7 +70,7 @@ def train(run: Path, seed: int, tokenizer_from: str | None = None, overrides: di
           state_episodes: int = 0) -> None:
     model_cfg, task_cfg = load_cfg()
     model_cfg["params"].update(overrides or {})
-    data, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
+    data, tr, va, spec = run_frames(run, seed, model_cfg, task_cfg)
     torch.manual_seed(seed)
     model = build_model("pixel_dit", spec, **model_cfg["params"])
     cfg = PixelTrainConfig(**model_cfg["train"], seed=seed)
@@ -131,7 +131,7 @@ def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overr
     from world_models.pixel.training import object_open_loop
 
     model_cfg, task_cfg = load_cfg()
-    data, tr, va, _ = _frames(run, seed, model_cfg, task_cfg)
+    data, tr, va, _ = run_frames(run, seed, model_cfg, task_cfg)
     old, extra, tensors = load_checkpoint(source)
     torch.manual_seed(seed)
     params = {**model_cfg["params"], **(overrides or {})}
@@ -172,7 +172,7 @@ def continue_training(run: Path, seed: int, source: str, steps: int | None) -> N
     units kept; a fresh cosine schedule of ``steps``, default the config's ``dynamics_steps``),
     saved to ``run/world_model`` with the wall-clock of both parts."""
     model_cfg, task_cfg = load_cfg()
-    data, tr, _, _ = _frames(run, seed, model_cfg, task_cfg)
+    data, tr, _, _ = run_frames(run, seed, model_cfg, task_cfg)
     model, extra, tensors = load_checkpoint(source)
     cfg = PixelTrainConfig(**{**model_cfg["train"], **({"dynamics_steps": steps} if steps else {})}, seed=seed + 1)
     more = train_dynamics(model, tr, cfg)
@@ -190,7 +190,7 @@ def tokenizer_study(run: Path, seed: int, latent_channels: int | None, channels:
     the model (tokenizer trained, the rest untouched) is saved to ``run/tokenizer<tag>/`` for
     ``train --tokenizer-from``."""
     model_cfg, task_cfg = load_cfg()
-    _, tr, va, spec = _frames(run, seed, model_cfg, task_cfg)
+    _, tr, va, spec = run_frames(run, seed, model_cfg, task_cfg)
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     params = {**model_cfg["params"], **(overrides or {}), **given(latent_channels=latent_channels, tokenizer_channels=channels)}
     torch.manual_seed(seed)

@@ -30,7 +30,7 @@ import torch
 from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import concat_rows, evaluate_real
 from agents.vla.policy import load_vla
-from benchmarks.pixel_world_model import _frames, load_cfg
+from benchmarks.pixel_world_model import load_cfg, run_frames
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS
 from tasks.pusht import PUSHT_VARIANTS
 from world_models.checkpoint import load_checkpoint
@@ -76,7 +76,7 @@ def main() -> None:
     if model.object_head is None:
         raise SystemExit(f"{args.model} has no object-dynamics head (decoder_object_extent 0)")
     model_cfg, task_cfg = load_cfg()
-    _, _, held_out, _ = _frames(args.run, 0, model_cfg, task_cfg)
+    _, _, held_out, _ = run_frames(args.run, 0, model_cfg, task_cfg)
     embedder = InstructionEmbedder()
     table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
     policies = {folder: load_vla(folder, embedder=embedder) for folder in dict.fromkeys(args.policies + args.refine_on)}
