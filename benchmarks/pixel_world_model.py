@@ -118,7 +118,8 @@ def _state_rows(run: Path, seed: int, episodes: int) -> dict[str, np.ndarray] | 
         return dict(z)
 
 
-OBJECT_HEAD_PARAMS = ("object_dynamics_hidden", "object_dynamics_frame", "object_dynamics_members", "object_dynamics_noise")  # what `objects` may override
+# what `objects` may override
+OBJECT_HEAD_PARAMS = ("object_dynamics_hidden", "object_dynamics_frame", "object_dynamics_members", "object_dynamics_noise")
 
 
 def refine_objects(run: Path, seed: int, source: str, state_episodes: int, overrides: dict[str, Any] | None = None) -> None:

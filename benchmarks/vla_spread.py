@@ -4,9 +4,10 @@
 
 MODEL is a pixel world model with ``object_dynamics_members`` > 1, HEADS a ``wam vla-posttrain`` run's
 ``success_heads/`` folder. POLICY's real evaluation episodes (seeds 20000 on, instruction i mod 5) are
-imagined again from their first frames (:func:`rollout_imagined`: deterministic chunk, 38 calls, bfloat16); printed: quantiles of the largest spread so far (world units) after 4 / 8 / 16 / 24 / 38 calls,
-and for each candidate ``post_train.max_spread`` the share of episodes that become uncertain and the
-median call at which they do (38: never). The figures ``max_spread`` is chosen from.
+imagined again from their first frames (:func:`rollout_imagined`: deterministic chunk, 38 calls, bfloat16);
+printed: quantiles of the largest spread so far (world units) after 4 / 8 / 16 / 24 / 38 calls, and for
+each candidate ``post_train.max_spread`` the share of episodes that become uncertain and the median call at
+which they do (38: never). The figures ``max_spread`` is chosen from.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ def main() -> None:
     model, _, _ = load_checkpoint(args.model)
     model.eval()
     heads, _ = load_success_heads(args.heads)
-    first = real["rows"]["step"] == 0
-    imagination = StartPool({k: real["rows"][k][first] for k in ("pixels", "agent_pos")}).imagination(
-        model, "cpu", precision="bfloat16")
+    imagination = StartPool.first_frames(real["rows"]).imagination(model, "cpu", precision="bfloat16")
     imagination.seed(0)
     with torch.no_grad():
         roll = rollout_imagined(policy, imagination, heads, torch.arange(args.episodes),

@@ -137,6 +137,13 @@ class StartPool:
         self.block_pose = torch.as_tensor(rows["block_pose"]).float() if "block_pose" in rows else None
         self.distance = self._distance(rows)
 
+    @classmethod
+    def first_frames(cls, rows: dict[str, np.ndarray]) -> StartPool:
+        """The first frame of every episode in ``rows`` (e.g. :func:`evaluate_real`'s), start i = the i-th
+        episode: to imagine those episodes again from where they began."""
+        first = rows["step"] == 0
+        return cls({k: rows[k][first] for k in ("pixels", "agent_pos", "block_pose")})
+
     def _distance(self, rows: dict[str, np.ndarray]) -> torch.Tensor | None:
         if self.targets is None or "block_pose" not in rows:
             return None
@@ -180,11 +187,6 @@ class StartPool:
         from wam_env.pixels import PixelImagination
 
         return PixelImagination(model, {"pixels": self.pixels, "agent_pos": self.agent_pos}, device, **options)
-
-
-def _first_frames(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    first = rows["step"] == 0
-    return {k: rows[k][first] for k in ("pixels", "agent_pos", "block_pose")}
 
 
 def post_train(policy: VLAPolicy, algo: str, model, success: SuccessEnsemble, lang_table: torch.Tensor,
@@ -328,8 +330,7 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those imagined successes where the
     imagination's own T was in the region at a frame the heads called a success (a false one of these is the
     dynamics' error; one without is the heads' error on an imagined frame)."""
-    first = StartPool(_first_frames(real["rows"]))
-    imag = first.imagination(model, device, backend, **options)
+    imag = StartPool.first_frames(real["rows"]).imagination(model, device, backend, **options)
     imag.seed(seed)
     n = len(real["success"])
     vi = torch.as_tensor(real["variant"])
