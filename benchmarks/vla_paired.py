@@ -12,12 +12,19 @@ the same for the imagined successes where the model's own T pose was in the regi
 heads called a success (a false one of those is the dynamics' error; the rest are the heads' errors
 on imagined frames). Comparing a warm start with its post-trained policy shows whether post-training
 learned to fool the model or the heads (reward hacking).
+
+``--gains G [G ...]``: every policy also with its deterministic chunk scaled by each gain G (a uniform PGPE
+adapter, log-gain log G, folded into a copy): does imagination reward pushing harder as the physics does (the
+direction PGPE takes in the physics, BENCHMARKS issue 8)? Also printed: the mean closest distance of the T to
+the target, real and as the progress head saw it in imagination (PGPE's progress term).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import torch
 
 from agents.vla.language import InstructionEmbedder
 from agents.vla.loop import evaluate_real, paired_imagination
+from agents.vla.pgpe import fold_adapter
 from agents.vla.policy import load_vla
 from agents.vla.success import load_success_heads
 from benchmarks.vla_rl_ceiling import MAX_STEPS, RADIUS, SEED
@@ -44,8 +52,12 @@ def main() -> None:
                    help="the imagination's precision(s); each policy's real episodes are imagined in each")
     p.add_argument("--max-spread", type=float, default=None,
                    help="world units: frames after the object-dynamics members disagree by more are untrusted (an ensemble model)")
+    p.add_argument("--gains", type=float, nargs="+", default=[1.0],
+                   help="each policy also with its deterministic chunk scaled by these gains (1: as it is)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if any(not g > 0 for g in args.gains):
+        raise SystemExit(f"--gains must be > 0, got {args.gains}")
 
     torch.manual_seed(args.seed)
     model, _, _ = load_checkpoint(args.model)
@@ -58,23 +70,31 @@ def main() -> None:
     results: dict = {"args": json.loads(json.dumps(vars(args), default=str)),
                      "heads_calibration": calib, "policies": {}}
     print("| policy | real success | imagined success | imagined successes | of them real failures | "
-          "with the model's T in the region | of them real failures | uncertain rollouts | s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "with the model's T in the region | of them real failures | closest distance real / imagined | uncertain rollouts | s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for folder in args.policies:
-        t0 = time.time()
-        policy = load_vla(folder, embedder=embedder)
-        real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
-        for precision in args.precision:
-            out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
-                                     precision=precision, max_spread=args.max_spread)
-            out = {"real_success": real["success_rate"], **out, "seconds": time.time() - t0}
+        loaded = load_vla(folder, embedder=embedder)
+        for gain in args.gains:
             t0 = time.time()
-            name = str(folder) if len(args.precision) == 1 else f"{folder} ({precision})"
-            results["policies"][name] = out
-            print(f"| `{name}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
-                  f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
-                  f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
-                  flush=True)
+            policy = loaded
+            if gain != 1.0:
+                policy = copy.deepcopy(loaded)
+                d = policy.cfg.chunk * policy.cfg.action_dim
+                fold_adapter(policy, torch.cat([torch.full((d,), math.log(gain)), torch.zeros(d)]))
+            real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
+            for precision in args.precision:
+                out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
+                                         precision=precision, max_spread=args.max_spread)
+                out = {"real_success": real["success_rate"], "real_closest_distance": float(real["closest_distance"].mean()),
+                       **out, "seconds": time.time() - t0}
+                t0 = time.time()
+                name = str(folder) + ("" if gain == 1.0 else f" x{gain:g}") + ("" if len(args.precision) == 1 else f" ({precision})")
+                results["policies"][name] = out
+                print(f"| `{name}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
+                      f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
+                      f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['real_closest_distance']:.0f} / "
+                      f"{out['imagined_closest_distance']:.0f} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
+                      flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

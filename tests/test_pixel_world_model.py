@@ -612,6 +612,28 @@ def test_stochastic_object_dynamics_learns_the_spread_and_imagination_draws_from
     assert plain.object_dynamics.distribution(poses, plain.norm_obs(batch["agent_pos"]), plain.norm_action(batch["prev_action"]))[1] is None
 
 
+def test_common_noise_gives_rollouts_from_one_start_the_same_draws():
+    """``PixelImagination(common_noise=True)``: episodes started from the same frame meet the same draws (flow,
+    context noise and the drawn object change), so under the same actions they imagine the same frames and object
+    poses, while episodes from other starts and, without it, every episode draw their own."""
+    torch.manual_seed(0)
+    model = build_model("pixel_dit", spec(), **TINY, decoder_agent_radius=1.0, decoder_object_extent=5.0,
+                        object_dynamics_hidden=16, object_dynamics_noise=True).eval()
+    rows = bar_rows(3, seed=2, pushed=True)
+    start = {"pixels": torch.as_tensor(rows["pixels"][:2]), "agent_pos": torch.as_tensor(rows["agent_pos"][:2])}
+    action = torch.as_tensor(rows["agent_pos"][3:4]).expand(4, -1).contiguous()
+    for common in (True, False):
+        imagination = PixelImagination(model, start, common_noise=common)
+        imagination.seed(0)
+        carry = imagination.start(4, torch.tensor([0, 0, 1, 1]))
+        for _ in range(3):
+            carry, _ = imagination.step(carry, action)
+        for a, b in ((0, 1), (2, 3)):
+            twins = torch.equal(carry["pixels"][a], carry["pixels"][b]) and torch.equal(carry["object_pose"][a], carry["object_pose"][b])
+            assert twins == common, (common, a, b)
+        assert not torch.equal(carry["object_pose"][0], carry["object_pose"][2])
+
+
 def test_object_dynamics_checkpoints_before_the_ensemble_load_as_one_member(tmp_path):
     """A head saved as one ``nn.Sequential`` (before the ensemble) loads as a one-member ensemble that
     computes the same changes."""

@@ -471,6 +471,7 @@ def test_paired_imagination_separates_heads_errors_from_dynamics_errors():
     assert 0 < real_h.sum() < 10
     out = paired_imagination(policy, None, AlwaysSuccessHeads(), lang, real, 2, radius, targets, "cpu", "simulator")
     assert out["imagined_successes"] == 10 and out["paired_imagined_success"] == 1.0
+    assert out["imagined_closest_distance"] == 0.0  # the heads' progress output: at the target on every frame
     assert out["imagined_false_success"] == 10 - real_h.sum()
     assert out["imagined_false_success_pose_agrees"] == 0
     assert 0 < out["imagined_successes_pose_agrees"] <= real_h.sum()

@@ -44,18 +44,21 @@ class PixelImagination:
         max_spread: world units, or None: a step where the model's ``uncertainty`` (the object-dynamics
             members' spread of the object's position) exceeds it is ``uncertain`` (the model no longer
             knows where the object is; a rollout's frames from there on should not be trusted).
+        common_noise: episodes started from the same start frame draw the same noise at every step (common
+            random numbers, as PEGASUS fixes a simulator's random numbers for policy search: a PGPE group's
+            rollouts differ by their adapters, not by the model's draws); off: every episode its own.
     """
 
     PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
     def __init__(self, model: PixelWorldModel | str | Path, start_data: str | Path | dict | None = None,
                  device: str | torch.device = "cpu", sample: bool = True, precision: str = "float32",
-                 max_spread: float | None = None):
+                 max_spread: float | None = None, common_noise: bool = False):
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(self.PRECISIONS)}, got {precision!r}")
         if max_spread is not None and not max_spread > 0:
             raise ValueError(f"max_spread must be > 0 world units or None, got {max_spread!r}")
-        self.max_spread = max_spread
+        self.max_spread, self.common_noise = max_spread, common_noise
         self.autocast = self.PRECISIONS[precision]
         self.device = torch.device(device)
         tensors: dict[str, torch.Tensor] = {}
@@ -108,7 +111,10 @@ class PixelImagination:
         obs = {"pixels": self.start_pixels[frames], "agent_pos": self.start_pos[frames]}
         first = torch.ones(len(frames), dtype=torch.bool, device=self.device)
         carry = self.model.observe(self.model.initial(len(frames)), obs, obs["agent_pos"], first)
-        return {k: v[row] for k, v in carry.items()}
+        carry = {k: v[row] for k, v in carry.items()}
+        if self.common_noise:
+            carry["noise_rows"] = row  # (n,) the start frame's stream of draws
+        return carry
 
     def object_pose(self, carry: Carry) -> torch.Tensor | None:
         """The pushed object's pose (B, 3) (x, y, angle rad) the model carries, or None (no object head)."""
@@ -129,7 +135,11 @@ class PixelImagination:
         """One imagined step for every env: new carry and ``pixels``, ``agent_pos``, ``reward``,
         ``terminated``, ``diverged``, ``coverage``, ``uncertainty`` (the model's, world units) and
         ``uncertain`` (above ``max_spread``) (batch first)."""
-        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast)
+        rows = carry.get("noise_rows")
+        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast,
+                                       noise_rows=rows)
+        if rows is not None:
+            new["noise_rows"] = rows
         diverged = ~torch.isfinite(pred.extras["latent"]).flatten(1).all(-1) | ~torch.isfinite(pred.obs).all(-1)
         if bool(diverged.any()):
             for k in new:

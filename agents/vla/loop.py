@@ -70,13 +70,14 @@ class PostTrainConfig:
     imagination: str = "world_model"  # "world_model", or "simulator": the Push-T physics in its place (ablation)
     precision: str = "float32"      # or "bfloat16": the world model's DiT and tokenizer while imagining (PixelImagination)
     max_spread: float | None = None  # world units: an imagined frame after the object-dynamics members disagree by more is untrusted
+    common_noise: bool = False      # rollouts from the same start frame (a PGPE / GRPO group) meet the same model draws
     explore_std: float | None = None  # exploration std (world units) the post-trained policy starts from; None: the warm start's
     pose_guard: bool = False        # an imagined success also needs the model's own T pose in the region (an object head)
     seed: int = 0
 
     def imagination_options(self) -> dict:
         """Keyword arguments of :class:`~wam_env.pixels.PixelImagination` this config sets."""
-        return {"precision": self.precision, "max_spread": self.max_spread}
+        return {"precision": self.precision, "max_spread": self.max_spread, "common_noise": self.common_noise}
 
 
 def variant_list(variants: dict[str, PushTVariant], n: int) -> list[PushTVariant]:
@@ -176,8 +177,8 @@ class StartPool:
 
     def imagination(self, model, device: str | torch.device, backend: str = "world_model", **options):
         """Episodes from these starts: inside ``model`` (a :class:`PixelWorldModel`; backend "world_model",
-        ``options`` are :class:`~wam_env.pixels.PixelImagination`'s: ``precision``, ``max_spread``) or in the
-        Push-T physics (backend "simulator", needs ``block_pose``; no options)."""
+        ``options`` are :class:`~wam_env.pixels.PixelImagination`'s: ``precision``, ``max_spread``,
+        ``common_noise``) or in the Push-T physics (backend "simulator", needs ``block_pose``; no options)."""
         if backend not in IMAGINATION_BACKENDS:
             raise ValueError(f"post_train.imagination must be {' or '.join(map(repr, IMAGINATION_BACKENDS))}, got {backend!r}")
         if backend == "simulator":
@@ -325,8 +326,9 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
 
     Returns ``real_success_within_horizon``, ``paired_imagined_success`` (rates), ``imagined_successes`` and
     ``imagined_false_success`` (imagined successes whose real episode did not succeed within the horizon),
-    ``uncertain_rollouts`` (the share that became uncertain: the imagination's ``max_spread``); when the
-    imagination carries the T's pose (``targets`` (V, 2) the variants' targets, world units), also
+    ``imagined_closest_distance`` (the mean over episodes of the closest the progress head saw the T come to the
+    target, world units: PGPE's progress term), ``uncertain_rollouts`` (the share that became uncertain: the
+    imagination's ``max_spread``); when the imagination carries the T's pose (``targets`` (V, 2) the variants' targets, world units), also
     ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those imagined successes where the
     imagination's own T was in the region at a frame the heads called a success (a false one of these is the
     dynamics' error; one without is the heads' error on an imagined frame)."""
@@ -340,6 +342,7 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     real_h = real["success"] & (real["steps"] <= decisions * policy.cfg.chunk)
     out = {"real_success_within_horizon": float(real_h.mean()), "paired_imagined_success": float(imagined.mean()),
            "imagined_successes": int(imagined.sum()), "imagined_false_success": int((imagined & ~real_h).sum()),
+           "imagined_closest_distance": float(closest_distance(roll).mean()),
            "uncertain_rollouts": float(roll["uncertain"][-1].float().mean())}
     if "object_pose" in roll:
         guard_pose(roll, targets[real["variant"]], radius)

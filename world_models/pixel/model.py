@@ -37,6 +37,17 @@ from world_models.pixel.reward import AgentHead, CoverageHead, ObjectDynamicsHea
 from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
 
 
+
+def draw_noise(shape: tuple[int, ...] | torch.Size, rows: torch.Tensor | None, dim: int,
+               generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise of ``shape`` whose batch dimension ``dim`` is indexed by ``rows`` (B,) long:
+    one draw per distinct index, shared by the rows that carry it (None: every row its own draw)."""
+    if rows is None:
+        return torch.randn(shape, device=device, generator=generator)
+    streams = list(shape)
+    streams[dim] = int(rows.max()) + 1
+    return torch.randn(streams, device=device, generator=generator).index_select(dim, rows)
+
 class PixelWorldModel(WorldModel):
     """Cosmos-style pixel world model (see module doc).
 
@@ -308,10 +319,13 @@ class PixelWorldModel(WorldModel):
         return carry
 
     def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True,
-                generator: torch.Generator | None = None, autocast: torch.dtype | None = None) -> tuple[Carry, Prediction]:
+                generator: torch.Generator | None = None, autocast: torch.dtype | None = None,
+                noise_rows: torch.Tensor | None = None) -> tuple[Carry, Prediction]:
         """One imagined frame (see the module doc). ``autocast``: compute dtype of the DiT and the
         tokenizer (``torch.bfloat16``: about 1.8x on a CPU with AVX-512 BF16 / AMX, BENCHMARKS issue 8);
-        the state heads (agent, object dynamics), the carry and the outputs stay float32."""
+        the state heads (agent, object dynamics), the carry and the outputs stay float32. ``noise_rows``
+        (B,) long: rows with the same index get the same draws (common random numbers: rollouts that are
+        compared with each other, e.g. a PGPE group's, meet the same noise; default: every row its own)."""
         if action.ndim != 2 or action.shape != (carry["obs"].shape[0], self.spec.action_dim):
             raise ValueError(f"action must have shape ({carry['obs'].shape[0]}, {self.spec.action_dim}), got {tuple(action.shape)}")
         b, dev = action.shape[0], action.device
@@ -322,14 +336,13 @@ class PixelWorldModel(WorldModel):
         ctx = self.norm_latent(carry["latents"])
         level = self.infer_context_noise if sample else 0.0
         if level > 0:
-            noise = torch.randn(ctx.shape, device=dev, generator=generator)
-            ctx = (1 - level) * ctx + level * noise
+            ctx = (1 - level) * ctx + level * draw_noise(ctx.shape, noise_rows, 0, generator, dev)
         ctx_tau = torch.full(ctx.shape[:2], 1.0 - self.infer_context_noise, device=dev)
         ctx_cond = torch.cat([acts, states], dim=-1)
         cond = torch.cat([a, pos_n], dim=-1)
         ctx_maps, maps = self.token_maps(states, acts), self.token_maps(pos_n, a)
         shape = ctx.shape[:1] + ctx.shape[2:]
-        x = torch.randn(shape, device=dev, generator=generator) if sample else torch.zeros(shape, device=dev)
+        x = draw_noise(shape, noise_rows, 0, generator, dev) if sample else torch.zeros(shape, device=dev)
         amp = torch.autocast(dev.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None)
         frames = torch.tensor([ctx.shape[1]], device=dev)
         n = self.sample_steps
@@ -349,7 +362,7 @@ class PixelWorldModel(WorldModel):
             spread = torch.zeros(b, device=dev)
         else:  # move the object by the object-dynamics members, draw it at their mean, then take the drawn frame's latent as the state
             members = self.roll_object(carry["object_members"].transpose(0, 1), torch.cat([states, pos_n[:, None]], dim=1),
-                                       torch.cat([acts, a[:, None]], dim=1), sample, generator)[:, :, 0]  # (E, B, 4)
+                                       torch.cat([acts, a[:, None]], dim=1), sample, generator, noise_rows)[:, :, 0]  # (E, B, 4)
             pose = self.object_dynamics.mean_pose(members)
             spread = self.object_spread(members)
             with amp:
@@ -470,19 +483,20 @@ class PixelWorldModel(WorldModel):
         return {"loss": loss, **out}
 
     def roll_object(self, poses: torch.Tensor, states: torch.Tensor, acts: torch.Tensor, sample: bool = False,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, noise_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Every object-dynamics member fed its own output for H steps: from the last K normalized object
         poses (B, K, 4) (shared) or (E, B, K, 4) (each member's), the normalized agent positions (B, K + H, S)
         and the normalized actions that led to them (B, K + H, A), each member's poses (E, B, H, 4) after
         each step (as :meth:`imagine` moves the object). ``sample`` with a stochastic head
-        (``object_dynamics_noise``): each step's change is drawn (``generator``), else its mean."""
+        (``object_dynamics_noise``): each step's change is drawn (``generator``; ``noise_rows`` as in
+        :meth:`imagine`), else its mean."""
         k, out = self.k, []
         e = self.object_dynamics.members
         if poses.ndim == 3:
             poses = poses.expand(e, -1, -1, -1)
         draw = sample and self.object_dynamics.stochastic
         for t in range(states.shape[1] - k):
-            noise = torch.randn(e, poses.shape[1], 3, device=poses.device, generator=generator) if draw else None
+            noise = draw_noise((e, poses.shape[1], 3), noise_rows, 1, generator, poses.device) if draw else None
             change = self.object_dynamics(poses, states[:, t:t + k + 1], acts[:, t:t + k + 1], noise)
             new = self.object_dynamics.step(poses[:, :, -1], change)
             poses = torch.cat([poses[:, :, 1:], new[:, :, None]], dim=2)
