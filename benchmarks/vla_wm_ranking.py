@@ -112,6 +112,8 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=16)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--sigma", type=float, default=VLAPGPEConfig.sigma)
+    p.add_argument("--shared", action="store_true",
+                   help="4 adapter numbers (one gain and bias per action dimension); default: 16, one per chunk entry")
     p.add_argument("--decisions", type=int, default=38, help="policy calls per rollout (x chunk steps)")
     p.add_argument("--horizons", type=int, nargs="+", default=[8, 16, 24, 38])
     p.add_argument("--modes", nargs="*", choices=["sampled", "mean"], default=["sampled", "mean"],
@@ -157,7 +159,7 @@ def main() -> None:
     vi = torch.as_tensor([names.index(v.name) for v in vs]).repeat_interleave(g)
     lang, start = table[vi], torch.arange(s).repeat_interleave(g)
     tgt = targets[vi.numpy()]
-    eps, adapter = VLAPGPE(policy, VLAPGPEConfig(sigma=args.sigma, group=g), args.seed).sample(s)
+    eps, adapter = VLAPGPE(policy, VLAPGPEConfig(sigma=args.sigma, group=g, shared=args.shared), args.seed).sample(s)
 
     def roll(imagination) -> dict[str, torch.Tensor]:
         t = time.time()

@@ -35,7 +35,7 @@ class VLAPGPEConfig:
     sigma: float = 0.2    # exploration std of the adapter's numbers (log-gain; bias in units of u, x action_scale world units)
     lr: float = 0.25      # step per unit of the PGPE gradient mean(adv * eps) / sigma
     group: int = 8        # G rollouts per (start frame, instruction); even (antithetic pairs)
-    shared: bool = False  # one gain and bias per action dimension, shared over the chunk
+    shared: bool = True   # one gain and bias per action dimension, shared over the chunk (False: per chunk entry)
     fitness: str = "progress"  # "progress": success - closest distance / progress_scale; "success": the binary outcome
     progress_scale: float = 100.0  # world units of closest distance worth one success (fitness "progress")
 

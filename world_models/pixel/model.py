@@ -37,7 +37,6 @@ from world_models.pixel.reward import AgentHead, CoverageHead, ObjectDynamicsHea
 from world_models.pixel.tokenizer import CausalVideoTokenizer, heat_map, to_uint8, to_unit
 
 
-
 def draw_noise(shape: tuple[int, ...] | torch.Size, rows: torch.Tensor | None, dim: int,
                generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Standard normal noise of ``shape`` whose batch dimension ``dim`` is indexed by ``rows`` (B,) long:
@@ -47,6 +46,7 @@ def draw_noise(shape: tuple[int, ...] | torch.Size, rows: torch.Tensor | None, d
     streams = list(shape)
     streams[dim] = int(rows.max()) + 1
     return torch.randn(streams, device=device, generator=generator).index_select(dim, rows)
+
 
 class PixelWorldModel(WorldModel):
     """Cosmos-style pixel world model (see module doc).
