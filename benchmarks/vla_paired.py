@@ -1,6 +1,7 @@
 """Imagined vs real success, episode by episode, for VLA policies (issue 8).
 
     OMP_NUM_THREADS=2 python -m benchmarks.vla_paired MODEL HEADS POLICY [POLICY ...] --out runs/vla_paired.json
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_paired MODEL HEADS POLICY --precision bfloat16 --gains 1 1.25 1.5 2
 
 Every POLICY runs the standard real evaluation (``--episodes`` episodes, seeds 20000 on, instruction
 i mod 5, the deterministic chunk, at most 150 actions); the very same episodes are imagined again in

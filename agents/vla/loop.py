@@ -328,10 +328,10 @@ def paired_imagination(policy: VLAPolicy, model, success: SuccessEnsemble, lang_
     ``imagined_false_success`` (imagined successes whose real episode did not succeed within the horizon),
     ``imagined_closest_distance`` (the mean over episodes of the closest the progress head saw the T come to the
     target, world units: PGPE's progress term), ``uncertain_rollouts`` (the share that became uncertain: the
-    imagination's ``max_spread``); when the imagination carries the T's pose (``targets`` (V, 2) the variants' targets, world units), also
-    ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those imagined successes where the
-    imagination's own T was in the region at a frame the heads called a success (a false one of these is the
-    dynamics' error; one without is the heads' error on an imagined frame)."""
+    imagination's ``max_spread``); when the imagination carries the T's pose (``targets`` (V, 2) the variants'
+    targets, world units), also ``imagined_successes_pose_agrees`` / ``imagined_false_success_pose_agrees``: those
+    imagined successes where the imagination's own T was in the region at a frame the heads called a success (a
+    false one of these is the dynamics' error; one without is the heads' error on an imagined frame)."""
     imag = StartPool.first_frames(real["rows"]).imagination(model, device, backend, **options)
     imag.seed(seed)
     n = len(real["success"])
