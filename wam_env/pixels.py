@@ -135,11 +135,7 @@ class PixelImagination:
         """One imagined step for every env: new carry and ``pixels``, ``agent_pos``, ``reward``,
         ``terminated``, ``diverged``, ``coverage``, ``uncertainty`` (the model's, world units) and
         ``uncertain`` (above ``max_spread``) (batch first)."""
-        rows = carry.get("noise_rows")
-        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast,
-                                       noise_rows=rows)
-        if rows is not None:
-            new["noise_rows"] = rows
+        new, pred = self.model.imagine(carry, action, sample=self.sample, generator=self.generator, autocast=self.autocast)
         diverged = ~torch.isfinite(pred.extras["latent"]).flatten(1).all(-1) | ~torch.isfinite(pred.obs).all(-1)
         if bool(diverged.any()):
             for k in new:

@@ -319,16 +319,17 @@ class PixelWorldModel(WorldModel):
         return carry
 
     def imagine(self, carry: Carry, action: torch.Tensor, *, sample: bool = True,
-                generator: torch.Generator | None = None, autocast: torch.dtype | None = None,
-                noise_rows: torch.Tensor | None = None) -> tuple[Carry, Prediction]:
+                generator: torch.Generator | None = None, autocast: torch.dtype | None = None) -> tuple[Carry, Prediction]:
         """One imagined frame (see the module doc). ``autocast``: compute dtype of the DiT and the
         tokenizer (``torch.bfloat16``: about 1.8x on a CPU with AVX-512 BF16 / AMX, BENCHMARKS issue 8);
-        the state heads (agent, object dynamics), the carry and the outputs stay float32. ``noise_rows``
-        (B,) long: rows with the same index get the same draws (common random numbers: rollouts that are
-        compared with each other, e.g. a PGPE group's, meet the same noise; default: every row its own)."""
+        the state heads (agent, object dynamics), the carry and the outputs stay float32. A carry with
+        ``noise_rows`` (B,) long (``PixelImagination(common_noise=True)``) keeps it: rows with the same index get
+        the same draws (common random numbers: rollouts compared with each other, e.g. a PGPE group's, meet the
+        same noise); without it every row draws its own."""
         if action.ndim != 2 or action.shape != (carry["obs"].shape[0], self.spec.action_dim):
             raise ValueError(f"action must have shape ({carry['obs'].shape[0]}, {self.spec.action_dim}), got {tuple(action.shape)}")
         b, dev = action.shape[0], action.device
+        noise_rows = carry.get("noise_rows")
         states, acts = self.norm_obs(carry["agent_pos"]), self.norm_action(carry["prev_action"])
         a = self.norm_action(action.float())
         pos_n = states[:, -1] + self.agent_head(states, torch.cat([acts, a[:, None]], dim=1))
@@ -382,6 +383,8 @@ class PixelWorldModel(WorldModel):
         if self.object_head is not None:
             new["object_pose"] = torch.cat([carry["object_pose"][:, 1:], pose[:, None]], dim=1)
             new["object_members"] = torch.cat([carry["object_members"][:, :, 1:], members.transpose(0, 1)[:, :, None]], dim=2)
+        if noise_rows is not None:
+            new["noise_rows"] = noise_rows
         pred = Prediction(obs=pos, uncertainty=spread,
                           reward=(coverage / self.success_coverage).clamp(0, 1), termination_logit=term_logit,
                           extras={"pixels": pixels, "coverage": coverage, "latent": z})
