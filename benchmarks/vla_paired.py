@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python -m benchmarks.vla_paired MODEL HEADS POLICY [POLICY ...] --out runs/vla_paired.json
     OMP_NUM_THREADS=1 python -m benchmarks.vla_paired MODEL HEADS POLICY --precision bfloat16 --gains 1 1.25 1.5 2
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_paired MODEL HEADS POLICY --real-only --eval-seed 30000 --episodes 200 --gains 1 2
 
 Every POLICY runs the standard real evaluation (``--episodes`` episodes, seeds 20000 on, instruction
 i mod 5, the deterministic chunk, at most 150 actions); the very same episodes are imagined again in
@@ -18,6 +19,10 @@ learned to fool the model or the heads (reward hacking).
 adapter, log-gain log G, folded into a copy): does imagination reward pushing harder as the physics does (the
 direction PGPE takes in the physics, BENCHMARKS issue 8)? Also printed: the mean closest distance of the T to
 the target, real and as the progress head saw it in imagination (PGPE's progress term).
+
+``--real-only``: the real evaluation alone (MODEL and HEADS are not loaded; about 30 s per 100 episodes on one
+thread), e.g. on held-out seeds (``--eval-seed 30000``: seeds the post-training runs never evaluate on) to tell
+a policy's true success from the luck of the 100 standard episodes, or with ``--sampled`` chunks.
 """
 
 from __future__ import annotations
@@ -55,21 +60,29 @@ def main() -> None:
                    help="world units: frames after the object-dynamics members disagree by more are untrusted (an ensemble model)")
     p.add_argument("--gains", type=float, nargs="+", default=[1.0],
                    help="each policy also with its deterministic chunk scaled by these gains (1: as it is)")
+    p.add_argument("--real-only", action="store_true", help="the real evaluation alone, no imagination")
+    p.add_argument("--eval-seed", type=int, default=SEED, help="the real episodes' first seed (standard: the evaluation's)")
+    p.add_argument("--sampled", action="store_true", help="sampled chunks in the real episodes (needs --real-only)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if any(not g > 0 for g in args.gains):
         raise SystemExit(f"--gains must be > 0, got {args.gains}")
+    if args.sampled and not args.real_only:
+        raise SystemExit("--sampled needs --real-only (imagination replays the deterministic chunk)")
 
     torch.manual_seed(args.seed)
+    embedder = InstructionEmbedder()
+    table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
+    results: dict = {"args": json.loads(json.dumps(vars(args), default=str)), "policies": {}}
+    if args.real_only:
+        real_only(args, embedder, table, results)
+        return
     model, _, _ = load_checkpoint(args.model)
     model.eval()
     heads, calib = load_success_heads(args.heads)
-    embedder = InstructionEmbedder()
-    table = embedder([v.instruction for v in PUSHT_VARIANTS.values()])
     targets = variant_targets(PUSHT_VARIANTS)
     print(f"heads: stored held-out calibration {json.dumps({k: round(v, 3) for k, v in calib.items()})}", flush=True)
-    results: dict = {"args": json.loads(json.dumps(vars(args), default=str)),
-                     "heads_calibration": calib, "policies": {}}
+    results["heads_calibration"] = calib
     print("| policy | real success | imagined success | imagined successes | of them real failures | "
           "with the model's T in the region | of them real failures | closest distance real / imagined | uncertain rollouts | s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -77,12 +90,8 @@ def main() -> None:
         loaded = load_vla(folder, embedder=embedder)
         for gain in args.gains:
             t0 = time.time()
-            policy = loaded
-            if gain != 1.0:
-                policy = copy.deepcopy(loaded)
-                d = policy.cfg.chunk * policy.cfg.action_dim
-                fold_adapter(policy, torch.cat([torch.full((d,), math.log(gain)), torch.zeros(d)]))
-            real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, SEED, MAX_STEPS, RADIUS, policy.cfg.image_size)
+            policy = scaled(loaded, gain)
+            real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, args.eval_seed, MAX_STEPS, RADIUS, policy.cfg.image_size)
             for precision in args.precision:
                 out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
                                          precision=precision, max_spread=args.max_spread)
@@ -96,6 +105,40 @@ def main() -> None:
                       f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['real_closest_distance']:.0f} / "
                       f"{out['imagined_closest_distance']:.0f} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
                       flush=True)
+    save(args, results)
+
+
+def scaled(policy, gain: float):
+    """``policy`` itself (gain 1), or a copy with its deterministic chunk scaled by ``gain`` (a uniform PGPE adapter)."""
+    if gain == 1.0:
+        return policy
+    policy = copy.deepcopy(policy)
+    d = policy.cfg.chunk * policy.cfg.action_dim
+    fold_adapter(policy, torch.cat([torch.full((d,), math.log(gain)), torch.zeros(d)]))
+    return policy
+
+
+def real_only(args: argparse.Namespace, embedder: InstructionEmbedder, table: torch.Tensor, results: dict) -> None:
+    """``--real-only``: every policy (x every gain) on the real episodes from ``--eval-seed``: success, per variant, closest distance."""
+    print("| policy | real success | per variant | closest distance | s |")
+    print("|---|---:|---|---:|---:|")
+    for folder in args.policies:
+        loaded = load_vla(folder, embedder=embedder)
+        for gain in args.gains:
+            t0 = time.time()
+            policy = scaled(loaded, gain)
+            real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, args.eval_seed, MAX_STEPS, RADIUS,
+                                 policy.cfg.image_size, deterministic=not args.sampled)
+            name = str(folder) + ("" if gain == 1.0 else f" x{gain:g}")
+            out = {"real_success": real["success_rate"], "per_variant": real["per_variant"],
+                   "real_closest_distance": float(real["closest_distance"].mean()), "seconds": time.time() - t0}
+            results["policies"][name] = out
+            print(f"| `{name}` | {out['real_success']:.3f} | {' / '.join(f'{v:.2f}' for v in real['per_variant'].values())} | "
+                  f"{out['real_closest_distance']:.0f} | {out['seconds']:.0f} |", flush=True)
+    save(args, results)
+
+
+def save(args: argparse.Namespace, results: dict) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
