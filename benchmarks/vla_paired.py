@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python -m benchmarks.vla_paired MODEL HEADS POLICY [POLICY ...] --out runs/vla_paired.json
     OMP_NUM_THREADS=1 python -m benchmarks.vla_paired MODEL HEADS POLICY --precision bfloat16 --gains 1 1.25 1.5 2
-    OMP_NUM_THREADS=1 python -m benchmarks.vla_paired MODEL HEADS POLICY --real-only --eval-seed 30000 --episodes 200 --gains 1 2
+    OMP_NUM_THREADS=1 python -m benchmarks.vla_paired - - POLICY --real-only --eval-seed 30000 --episodes 200 --gains 1 2
 
 Every POLICY runs the standard real evaluation (``--episodes`` episodes, seeds 20000 on, instruction
 i mod 5, the deterministic chunk, at most 150 actions); the very same episodes are imagined again in
@@ -20,7 +20,7 @@ adapter, log-gain log G, folded into a copy): does imagination reward pushing ha
 direction PGPE takes in the physics, BENCHMARKS issue 8)? Also printed: the mean closest distance of the T to
 the target, real and as the progress head saw it in imagination (PGPE's progress term).
 
-``--real-only``: the real evaluation alone (MODEL and HEADS are not loaded; about 30 s per 100 episodes on one
+``--real-only``: the real evaluation alone (MODEL and HEADS are not read: pass ``- -``; about 30 s per 100 episodes on one
 thread), e.g. on held-out seeds (``--eval-seed 30000``: seeds the post-training runs never evaluate on) to tell
 a policy's true success from the luck of the 100 standard episodes, or with ``--sampled`` chunks.
 """
