@@ -112,7 +112,7 @@ def main() -> None:
     before = real_success(policy, lang_table, near)
     print("before", before, flush=True)
 
-    demos = collect_demos(PUSHT_VARIANTS, DemoConfig(), RADIUS)
+    demos = collect_demos(PUSHT_VARIANTS, DemoConfig(episodes_per_variant=8), RADIUS)
     rows = demos["rows"] if args.starts == "demos" else reset_rows(range(100000, 100512))
     pool = StartPool(rows, targets.numpy())
     cfg = PostTrainConfig(iterations=args.iterations, rounds=1, envs=args.envs, decisions=args.decisions,

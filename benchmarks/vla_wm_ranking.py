@@ -144,7 +144,7 @@ def main() -> None:
     if args.heads:
         heads, calib = load_success_heads(args.heads)
     else:
-        demos = collect_demos(PUSHT_VARIANTS, DemoConfig(), RADIUS)
+        demos = collect_demos(PUSHT_VARIANTS, DemoConfig(episodes_per_variant=8), RADIUS)
         evals = evaluate_real(policy, table, PUSHT_VARIANTS, 100, SEED, MAX_STEPS, RADIUS)
         heads, _, calib = fit_success_heads(concat_rows([demos["rows"], evals["rows"]]), targets, table, RADIUS,
                                             SuccessConfig(ensemble=3, steps=args.heads_steps, seed=args.seed), 0.25)

@@ -14,7 +14,7 @@ from agents.vla.policy import VLAPolicy
 class BCConfig:
     """Behaviour-cloning steps, batch (frames) and learning rate."""
 
-    steps: int = 6000
+    steps: int = 12000
     batch: int = 64
     lr: float = 1e-3
     seed: int = 0

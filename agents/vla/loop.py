@@ -38,7 +38,7 @@ from tasks.pusht import PushPolicy, PushTVariant, block_centroid, region_distanc
 class DemoConfig:
     """Scripted demonstrations per variant (deliberately imperfect)."""
 
-    episodes_per_variant: int = 8
+    episodes_per_variant: int = 40
     noise: float = 20.0          # std (world units) of the pusher's action noise
     random_prob: float = 0.1     # share of uniformly random actions
     max_steps: int = 150
