@@ -351,7 +351,7 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
         policy.select_action({**b, "observation.state": torch.zeros(2, 3)})
     with pytest.raises(VLAInputError, match="2 instruction strings"):
         policy.select_action({**b, "task": ["only one"]})
-    from wam.config import ConfigError
+    from wam.config import CONFIG_DIR, ConfigError
     from wam.vla import load_vla_config
 
     with pytest.raises(ConfigError, match="post_train.bogus"):
@@ -363,6 +363,13 @@ def test_bad_input_raises_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="model=null"):
         load_vla_config(["model=null"])
     assert load_vla_config(["model=null", "post_train.imagination=simulator"])["model"] is None
+    # the measured PGPE recipe is a file merged onto configs/vla.yaml; a recipe file with a key vla.yaml lacks is refused
+    recipe = load_vla_config(["post_train.iterations=3"], CONFIG_DIR / "vla_pgpe.yaml")
+    assert recipe["algos"] == ["pgpe"] and recipe["post_train"]["precision"] == "bfloat16"
+    assert recipe["post_train"]["iterations"] == 3 and recipe["bc"] == load_vla_config([])["bc"]
+    (tmp_path / "bad.yaml").write_text("post_train:\n  envz: 8\n")
+    with pytest.raises(ConfigError, match="envz"):
+        load_vla_config([], tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="components"):
         VLAPolicy(VLAConfig(**TINY_POLICY, components=0))
     # a missing `vla` extra names the install command
