@@ -86,25 +86,22 @@ def main() -> None:
     print("| policy | real success | imagined success | imagined successes | of them real failures | "
           "with the model's T in the region | of them real failures | closest distance real / imagined | uncertain rollouts | s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for folder in args.policies:
-        loaded = load_vla(folder, embedder=embedder)
-        for gain in args.gains:
+    for name, policy, real, seconds in real_runs(args, embedder, table):
+        for precision in args.precision:
             t0 = time.time()
-            policy = scaled(loaded, gain)
-            real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, args.eval_seed, MAX_STEPS, RADIUS, policy.cfg.image_size)
-            for precision in args.precision:
-                out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
-                                         precision=precision, max_spread=args.max_spread)
-                out = {"real_success": real["success_rate"], "real_closest_distance": float(real["closest_distance"].mean()),
-                       **out, "seconds": time.time() - t0}
-                t0 = time.time()
-                name = str(folder) + ("" if gain == 1.0 else f" x{gain:g}") + ("" if len(args.precision) == 1 else f" ({precision})")
-                results["policies"][name] = out
-                print(f"| `{name}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
-                      f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
-                      f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['real_closest_distance']:.0f} / "
-                      f"{out['imagined_closest_distance']:.0f} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
-                      flush=True)
+            out = paired_imagination(policy, model, heads, table, real, args.decisions, RADIUS, targets, "cpu", seed=args.seed,
+                                     precision=precision, max_spread=args.max_spread)
+            seconds += time.time() - t0
+            out = {"real_success": real["success_rate"], "real_closest_distance": float(real["closest_distance"].mean()),
+                   **out, "seconds": seconds}
+            seconds = 0.0
+            key = name + ("" if len(args.precision) == 1 else f" ({precision})")
+            results["policies"][key] = out
+            print(f"| `{key}` | {out['real_success']:.2f} | {out['paired_imagined_success']:.2f} | {out['imagined_successes']} | "
+                  f"{out['imagined_false_success']} | {out.get('imagined_successes_pose_agrees', '–')} | "
+                  f"{out.get('imagined_false_success_pose_agrees', '–')} | {out['real_closest_distance']:.0f} / "
+                  f"{out['imagined_closest_distance']:.0f} | {out['uncertain_rollouts']:.2f} | {out['seconds']:.0f} |",
+                  flush=True)
     save(args, results)
 
 
@@ -118,10 +115,9 @@ def scaled(policy, gain: float):
     return policy
 
 
-def real_only(args: argparse.Namespace, embedder: InstructionEmbedder, table: torch.Tensor, results: dict) -> None:
-    """``--real-only``: every policy (x every gain) on the real episodes from ``--eval-seed``: success, per variant, closest distance."""
-    print("| policy | real success | per variant | closest distance | s |")
-    print("|---|---:|---|---:|---:|")
+def real_runs(args: argparse.Namespace, embedder: InstructionEmbedder, table: torch.Tensor):
+    """Every policy x every gain on the real episodes from ``--eval-seed`` (sampled chunks with ``--sampled``):
+    yields (name, policy, :func:`evaluate_real`'s dict, seconds)."""
     for folder in args.policies:
         loaded = load_vla(folder, embedder=embedder)
         for gain in args.gains:
@@ -129,12 +125,19 @@ def real_only(args: argparse.Namespace, embedder: InstructionEmbedder, table: to
             policy = scaled(loaded, gain)
             real = evaluate_real(policy, table, PUSHT_VARIANTS, args.episodes, args.eval_seed, MAX_STEPS, RADIUS,
                                  policy.cfg.image_size, deterministic=not args.sampled)
-            name = str(folder) + ("" if gain == 1.0 else f" x{gain:g}")
-            out = {"real_success": real["success_rate"], "per_variant": real["per_variant"],
-                   "real_closest_distance": float(real["closest_distance"].mean()), "seconds": time.time() - t0}
-            results["policies"][name] = out
-            print(f"| `{name}` | {out['real_success']:.3f} | {' / '.join(f'{v:.2f}' for v in real['per_variant'].values())} | "
-                  f"{out['real_closest_distance']:.0f} | {out['seconds']:.0f} |", flush=True)
+            yield str(folder) + ("" if gain == 1.0 else f" x{gain:g}"), policy, real, time.time() - t0
+
+
+def real_only(args: argparse.Namespace, embedder: InstructionEmbedder, table: torch.Tensor, results: dict) -> None:
+    """``--real-only``: every policy (x every gain) on the real episodes from ``--eval-seed``: success, per variant, closest distance."""
+    print("| policy | real success | per variant | closest distance | s |")
+    print("|---|---:|---|---:|---:|")
+    for name, _, real, seconds in real_runs(args, embedder, table):
+        out = {"real_success": real["success_rate"], "per_variant": real["per_variant"],
+               "real_closest_distance": float(real["closest_distance"].mean()), "seconds": seconds}
+        results["policies"][name] = out
+        print(f"| `{name}` | {out['real_success']:.3f} | {' / '.join(f'{v:.2f}' for v in real['per_variant'].values())} | "
+              f"{out['real_closest_distance']:.0f} | {out['seconds']:.0f} |", flush=True)
     save(args, results)
 
 
