@@ -108,6 +108,7 @@ class MbpoPPOConfig:
     guard_floor: float = 0.005  # reward per step below which the margins stop shrinking (ANYmal: 0.017 walking)
     guard_patience: int = 3  # stop after this many strikes in a row
     guard_trains_model: bool = True  # the guard's real transitions join the data the model trains on (not offline)
+    termination_bias_step: float = 0.0  # after each guard the termination head's logit bias moves by log(real / imagined termination rate), at most this much (0: off)
     val_fraction: float = 0.1
     ppo: dict[str, Any] = field(default_factory=dict)  # agents.ppo_rsl_rl.RslRlPPOConfig fields
     seed: int = 0
@@ -123,6 +124,17 @@ def guard_strike(real: float, imagined: float, best_real: float, cfg: MbpoPPOCon
     if real < best_real - cfg.guard_drop * max(abs(best_real), cfg.guard_floor):
         return f"real reward {real:.4f} fell below the best {best_real:.4f}"
     return None
+
+
+def calibrated_termination_bias(bias: float, real: dict[str, float], imagined: dict[str, float], step: float) -> float:
+    """The termination head's next logit bias: ``bias`` moved by log(real / imagined termination
+    rate) of the same policy, clipped to +-``step``. Each rate counts half an event more than it
+    saw (``termination_rate`` x ``steps`` + 0.5), so a rate of zero gives a finite step. A head
+    fitted to the data can miss the falls of a gait it has not seen (G1 in BENCHMARKS.md: real
+    0.020-0.039 falls per step, imagined 0.000-0.001); raising its bias until the policy's
+    imagined falls meet its real ones makes PPO pay for the states the head ranks risky."""
+    rate = lambda r: (r["termination_rate"] * r["steps"] + 0.5) / r["steps"]  # noqa: E731
+    return bias + float(np.clip(np.log(rate(real) / rate(imagined)), -step, step))
 
 
 def reset_start_fraction(cfg: MbpoPPOConfig, task: str) -> float:
@@ -199,7 +211,7 @@ def imagined_reward(env: ImaginedLeggedVecEnv, policy: MLPPolicy, steps: int, se
         unc.append(info["uncertainty"])
     r = torch.stack(rewards)
     return {"reward": float(r.mean()), "abs_reward": float(r.abs().mean()), "termination_rate": float(torch.stack(terms).mean()),
-            "uncertainty": float(torch.stack(unc).mean())}
+            "uncertainty": float(torch.stack(unc).mean()), "steps": r.numel()}
 
 
 def real_reward(task: str, policy: MLPPolicy, envs: int, steps: int, seed: int) -> dict[str, Any]:
@@ -262,7 +274,7 @@ def train(
             print(f"[mbpo-ppo] PPO starts from {start_policy}: {loaded}")
     history: dict[str, list[float]] = {k: [] for k in (
         "iteration", "real_steps", "real_reward", "imagined_reward", "real_termination_rate", "imagined_termination_rate",
-        "model_val_loss", "uncertainty_lambda", "wall_time", "rolled_back")}
+        "model_val_loss", "uncertainty_lambda", "termination_bias", "wall_time", "rolled_back")}
     best: tuple[float, dict[str, Any] | None] = (-np.inf, None)  # best real reward, the runner's state (actor, critic, optimizer) then
     real_steps, guard_real_steps, strikes, t0 = len(data["reward"]), 0, 0, time.perf_counter()
 
@@ -335,13 +347,16 @@ def train(
         real = guard_real(policy, seed=cfg.seed + 700 + it)
         for k, v in (("iteration", it), ("real_steps", real_steps), ("real_reward", real["reward"]), ("imagined_reward", imag["reward"]),
                      ("real_termination_rate", real["termination_rate"]), ("imagined_termination_rate", imag["termination_rate"]),
-                     ("model_val_loss", val_loss), ("uncertainty_lambda", lam), ("wall_time", time.perf_counter() - t0)):
+                     ("model_val_loss", val_loss), ("uncertainty_lambda", lam), ("termination_bias", env.termination_bias),
+                     ("wall_time", time.perf_counter() - t0)):
             history[k].append(float(v))
             if writer is not None and k != "iteration":
                 writer.add_scalar(f"MBPO/{k}", float(v), it)
         if progress:
             print(f"[mbpo-ppo] it {it}: real steps {real_steps} + guard {guard_real_steps}, reward/step real {real['reward']:.4f} imagined {imag['reward']:.4f}, "
                   f"termination/step real {real['termination_rate']:.4f} imagined {imag['termination_rate']:.4f}")
+        if cfg.termination_bias_step > 0:  # for the next iteration's imagination
+            env.termination_bias = calibrated_termination_bias(env.termination_bias, real, imag, cfg.termination_bias_step)
         # a new best real reward is no strike: the roll-back would return to this very policy, and
         # stopping a run whose real reward still climbs is the wrong call (rwm22 in BENCHMARKS.md)
         new_best = real["reward"] > best[0]

@@ -361,6 +361,42 @@ def test_mbpo_ppo_penalty_turns_on_late_and_resumes_from_the_best_policy(tmp_pat
     assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # the penalty phase starts from the best
 
 
+def test_termination_bias_moves_imagined_falls_toward_the_real_ones(anymal_model, tmp_path, monkeypatch):
+    """The online calibration: a positive ``termination_bias`` ends more imagined episodes; the
+    update moves it by log(real / imagined rate), clipped, in both directions; and MBPO-PPO with
+    ``termination_bias_step`` moves it after every guard."""
+    import agents.mbpo_ppo as mbpo_ppo
+    from agents.mbpo_ppo import calibrated_termination_bias
+
+    model, path, _ = anymal_model
+    rates = []
+    for bias in (0.0, 8.0):
+        env = ImaginedLeggedVecEnv(64, model=path, sample=False, termination_bias=bias)
+        env.reset(seed=0)
+        ended = sum(int(env.step(torch.zeros(64, 12))[2].sum()) for _ in range(10))
+        rates.append(ended / 640)
+    assert rates[1] > rates[0] + 0.05
+    g1_it5 = calibrated_termination_bias(0.0, {"termination_rate": 0.039, "steps": 8000}, {"termination_rate": 0.0, "steps": 512_000}, 1.0)
+    assert g1_it5 == 1.0  # clipped: log(312.5 / 0.5 x 64) = 5.2
+    assert calibrated_termination_bias(2.0, {"termination_rate": 0.01, "steps": 8000}, {"termination_rate": 0.01, "steps": 512_000}, 1.0) \
+        == pytest.approx(2.0, abs=0.01)
+    assert calibrated_termination_bias(2.0, {"termination_rate": 0.0, "steps": 8000}, {"termination_rate": 0.0002, "steps": 512_000}, 2.0) \
+        == pytest.approx(2.0 + np.log(0.5 / 8000 / (102.9 / 512_000)), abs=1e-3)  # fewer real falls: the bias comes down
+
+    r = tiny_anymal_run(tmp_path)
+    monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": 0.0, "termination_rate": 0.05, "steps": 40})
+    assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.offline=true",
+                 "agent.params.ppo_iterations=1", "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4",
+                 "agent.params.imagination_horizon=20", "agent.params.termination_bias_step=0.5"]) == 0
+    history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    bias = history["termination_bias"]
+    assert bias[0] == 0.0 and bias[1] != 0.0
+    for k in range(2):  # each iteration's guard (32 imagined robots x 20 steps, 40 real steps) moves it for the next
+        real = {"termination_rate": history["real_termination_rate"][k], "steps": 40}
+        imagined = {"termination_rate": history["imagined_termination_rate"][k], "steps": 640}
+        assert bias[k + 1] == pytest.approx(calibrated_termination_bias(bias[k], real, imagined, 0.5))
+
+
 def test_mbpo_ppo_guard_does_not_stop_a_run_whose_real_reward_climbs(tmp_path, monkeypatch):
     """rwm22 (BENCHMARKS.md): imagined reward above the real one by more than the gap at every
     iteration while the real reward climbed (new bests at 1, 2 and 5 of 5); the guard stopped it

@@ -75,6 +75,10 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
             otherwise charge the draw's noise as jerk and foot flicker (BENCHMARKS.md, per-term audit).
         termination_threshold: calibrated P(terminated) above which the learned head ends an
             episode when ``sample`` is False (with ``sample`` it is drawn, see ``_learned_termination``).
+        termination_bias: logit added to the head's calibrated termination logit (0: the head as
+            trained). MBPO-PPO moves it so that the policy's imagined termination rate meets its
+            real one (``MbpoPPOConfig.termination_bias_step``): a head calibrated on the data can
+            still miss the falls of a policy whose gait it has not seen.
         uncertainty_penalty: lambda of MOPO's reward penalty, reward -= lambda x epistemic
             uncertainty (per step, before the dt-weighted terms are summed; 0: off).
         max_episode_steps: episode length in steps (default: the task's 20 s).
@@ -107,6 +111,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
         sample: bool = True,
         score_mean: bool = True,
         termination_threshold: float = 0.5,
+        termination_bias: float = 0.0,
         uncertainty_penalty: float = 0.0,
         max_episode_steps: int | None = None,
         start_margin_s: float = 1.0,
@@ -156,7 +161,7 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
                          for k, (fn, w, params) in ref.reward_terms.items()}
         self._state_terminations = {k: (fn, params) for k, (fn, _, params) in ref.termination_terms.items() if fn in STATE_TERMINATIONS}
         ref.close()
-        self.termination_threshold = termination_threshold
+        self.termination_threshold, self.termination_bias = termination_threshold, termination_bias
         self.uncertainty_penalty = uncertainty_penalty
         self.sample, self.score_mean = sample, score_mean
         if start_margin_s < 0:
@@ -325,13 +330,14 @@ class ImaginedLeggedVecEnv(gym.vector.VectorEnv):
     def _learned_termination(self, logit: torch.Tensor | None) -> torch.Tensor:
         """Terminations (N,) bool from the head's logit. The head is trained with class-balanced
         BCE (``pos_weight`` = negatives / positives), so its logit is shifted by log(pos_weight);
-        removing the shift gives the calibrated P(terminated). ``sample``: Bernoulli draws of it
-        (the imagined termination rate matches the real one in expectation); else P > threshold."""
+        removing the shift gives the calibrated P(terminated); ``termination_bias`` is added to the
+        logit after that. ``sample``: Bernoulli draws of it (the imagined termination rate matches
+        the real one in expectation); else P > threshold."""
         if logit is None:
             return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         heads = getattr(self.model, "heads", None)
         shift = torch.log(heads.pos_weight) if heads is not None else 0.0
-        p = torch.sigmoid(logit - shift)
+        p = torch.sigmoid(logit - shift + self.termination_bias)
         if self.sample:
             return torch.rand(p.shape, device=self.device, generator=self.generator) < p
         return p > self.termination_threshold
