@@ -471,6 +471,9 @@ def test_paired_imagination_separates_heads_errors_from_dynamics_errors():
     lang = policy.embed(INSTRUCTIONS)
     targets = variant_targets(PUSHT_VARIANTS)
     probe = evaluate_real(policy, lang, PUSHT_VARIANTS, 10, 300, 1, 1e-3, SIZE)
+    assert list(probe["per_variant"]) == list(PUSHT_VARIANTS)
+    few = evaluate_real(policy, lang, PUSHT_VARIANTS, 2, 300, 1, 1e-3, SIZE)  # fewer episodes than variants: no NaN rates
+    assert list(few["per_variant"]) == list(PUSHT_VARIANTS)[:2] and not np.isnan(list(few["per_variant"].values())).any()
     start = region_distance(probe["rows"]["block_pose"][probe["rows"]["step"] == 0], targets[probe["variant"]])
     radius = float(np.sort(start)[4] + 1.0)  # about half the episodes start inside the region
     real = evaluate_real(policy, lang, PUSHT_VARIANTS, 10, 300, 4, radius, SIZE)

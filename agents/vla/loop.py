@@ -109,7 +109,8 @@ def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[st
                   deterministic: bool = True, progress: bool = False, seeds: list[int] | None = None) -> dict:
     """Real episodes, seeds ``seed .. seed + episodes - 1`` (or the given ``seeds``, one per episode),
     variant i mod V, with the deterministic chunk or (``deterministic=False``) sampled chunks (torch's
-    generator seeded with ``seed``); adds ``success_rate``, ``per_variant`` success rates and ``variant`` (episodes,)."""
+    generator seeded with ``seed``); adds ``success_rate``, ``per_variant`` success rates (of the variants
+    that had an episode) and ``variant`` (episodes,)."""
     seeds = [seed + i for i in range(episodes)] if seeds is None else list(seeds)
     if len(seeds) != episodes:
         raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
@@ -122,7 +123,7 @@ def evaluate_real(policy: VLAPolicy, lang_table: torch.Tensor, variants: dict[st
                            max_steps, radius, size, frames_of=frames_of, progress=progress)
     out["variant"] = vi
     out["success_rate"] = float(out["success"].mean())
-    out["per_variant"] = {n: float(out["success"][vi == k].mean()) for k, n in enumerate(names)}
+    out["per_variant"] = {n: float(out["success"][vi == k].mean()) for k, n in enumerate(names) if (vi == k).any()}
     return out
 
 
