@@ -66,6 +66,19 @@ def test_collected_state_matches_the_layout_and_contacts_are_stored(anymal_data,
         TransitionStore(tmp_path / "d", {**meta, "contact_dim": 3})
 
 
+def test_held_noise_is_piecewise_constant_and_fresh_noise_unchanged(anymal_data):
+    """``noise_hold`` = 5: each env's perturbation stays the same for 5 steps, then changes;
+    ``noise_hold`` = 1 gives the very data collected before the option existed."""
+    held = collect_legged(TASK, None, 4 * 10, num_envs=4, seed=0, action_noise=0.3, progress=False, noise_hold=5)
+    a = held["action"].reshape(4, 10, 12)  # grouped by env, time order inside
+    assert np.array_equal(a[:, 1:5], np.repeat(a[:, :1], 4, axis=1)) and np.array_equal(a[:, 6:], np.repeat(a[:, 5:6], 4, axis=1))
+    assert not np.allclose(a[:, 4], a[:, 5])
+    fresh = collect_legged(TASK, None, 6400, num_envs=64, seed=0, action_noise=0.5, progress=False, noise_hold=1)
+    np.testing.assert_array_equal(fresh["action"], anymal_data["action"])
+    with pytest.raises(ValueError, match="noise_hold"):
+        collect_legged(TASK, None, 40, num_envs=4, action_noise=0.3, progress=False, noise_hold=0)
+
+
 def test_contact_and_termination_heads_learn(anymal_model):
     model, _, metrics = anymal_model
     assert model.spec.contact_dim == 8

@@ -84,7 +84,7 @@ def run_collect(cfg: dict[str, Any], policy=None, steps: int | None = None, seed
         if policy is None and c["policy"] not in (None, "random"):
             policy = MLPPolicy.load(c["policy"]).act
         transitions = collect_legged(task.name, policy, int(steps or c["steps"]), num_envs=int(c["num_envs"]), seed=seed,
-                                     action_noise=float(c["noise"]), progress=cfg["progress"])
+                                     action_noise=float(c["noise"]), noise_hold=int(c["noise_hold"]), progress=cfg["progress"])
         store = TransitionStore(run_path(cfg, "data", "data"), legged_dataset_meta(task.name))
         store.append(transitions)
         return store

@@ -94,14 +94,21 @@ def collect_legged(
     action_noise: float = 0.0,
     progress: bool = True,
     cfg: VelocityEnvCfg | None = None,
+    noise_hold: int = 1,
 ) -> dict[str, np.ndarray]:
     """Run ``policy`` (None: zero actions, i.e. the default pose, plus noise) on ``num_envs``
     MuJoCo robots for about ``steps`` transitions (rounded up to a multiple of ``num_envs``).
 
     ``action_noise`` adds Gaussian noise of that std (action units: x ``action_scale`` rad) to
-    every action, the "random-perturbed" data of RWM's mixtures. Returns flat transitions
-    with the fields described in the module docstring, grouped by env (time order inside).
+    every action, the "random-perturbed" data of RWM's mixtures; ``noise_hold`` > 1 holds each
+    draw for that many steps (piecewise-constant offsets: G1 topples at step 66-74 under fresh
+    noise every step whatever it draws, while held joint offsets move the fall between step 55
+    and 133, the action dependence a balancing policy needs the model to know; BENCHMARKS.md).
+    Returns flat transitions with the fields described in the module docstring, grouped by env
+    (time order inside).
     """
+    if noise_hold < 1:
+        raise ValueError(f"noise_hold must be >= 1 step, got {noise_hold}")
     cfg = cfg or env_cfg(task)
     env = LeggedVelocityVecEnv(cfg, num_envs=num_envs)
     model_sl, contact_sl = state_split(env)
@@ -113,14 +120,17 @@ def collect_legged(
     next_episode = num_envs
     keys = ("obs", "action", "reward", "next_obs", "contacts", "terminated", "truncated", "episode", "step")
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for _ in tqdm(range(-(-steps // num_envs)), desc=f"collect {task}", disable=not progress, unit="step", unit_scale=num_envs):
+    noise = torch.zeros(num_envs, env.num_joints)
+    for t in tqdm(range(-(-steps // num_envs)), desc=f"collect {task}", disable=not progress, unit="step", unit_scale=num_envs):
         state = env.state_vector()[:, model_sl]
         if policy is None:
             action = torch.zeros(num_envs, env.num_joints)
         else:
             a = policy(obs)
             action = torch.as_tensor(a if torch.is_tensor(a) else np.asarray(a), dtype=torch.float32).cpu()
-        action = perturb_action(action, action_noise, gen, limit)
+        if t % noise_hold == 0:
+            noise = perturb_action(noise.zero_(), action_noise, gen, float("inf"))  # a fresh draw (zeros at std 0)
+        action = (action + noise).clamp(-limit, limit)
         obs, reward, terminated, truncated, info = env.step(action)
         nxt = info["state"].cpu()
         for k, v in (("obs", state), ("action", action), ("reward", reward.cpu()), ("next_obs", nxt[:, model_sl]),
