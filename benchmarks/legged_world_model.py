@@ -7,6 +7,8 @@
     .venv/bin/python benchmarks/legged_world_model.py reward-audit --model runs/anymal_rwm3/world_model --start-data runs/anymal_rwm3/data \
         --checkpoints runs/anymal_ppo/tb/policy/model_0.pt runs/anymal_ppo/tb/policy/model_199.pt
     .venv/bin/python benchmarks/legged_world_model.py falls --task g1_flat --model runs/g1_rwm1/world_model --checkpoints runs/g1_rwm1/policy
+    .venv/bin/python benchmarks/legged_world_model.py action-probes --task g1_flat --model runs/g1_rwm3/world_model \
+        --probes zero '.*_knee_joint=0.5' '.*_ankle_pitch_joint=0.3' '.*_ankle_pitch_joint=-0.3,.*_hip_pitch_joint=0.4,.*_knee_joint=0.5'
 
 - ``prediction``: trains, with equal gradient steps and batch, the dual-autoregressive GRU
   (N = 8), the same GRU teacher-forced (N = 1) and the MLP ensemble on a data mixture
@@ -45,6 +47,11 @@
   ended the episodes, and the termination head's precision / recall on the real transitions
   (and the recall of its calibrated probability above 0.5, what imagination without
   ``--sample`` ends an episode on).
+- ``action-probes``: does the model know which actions delay a fall? Each ``--probes`` entry is
+  an open-loop action held from reset, joint-name patterns with their offsets (action units,
+  ``pattern=value`` joined by commas; ``zero``: the default pose); for each, 64 robots x 250
+  steps on MuJoCo and in imagination from the same real reset states (the model's mean): the
+  share that fall and the median step of the first fall.
 
 Results go to ``runs/benchmarks/<task>_<part><--tag>.json``; tables are printed as in BENCHMARKS.md.
 """
@@ -57,6 +64,7 @@ import dataclasses
 import io
 import itertools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -403,6 +411,50 @@ def _fall_summary(steps: torch.Tensor) -> dict[str, float | None]:
     return {"fall_fraction": float((steps >= 0).float().mean()), "median_fall_step": float(fallen.median()) if len(fallen) else None}
 
 
+def probe_actions(spec: str, joint_names: list[str], limit: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The open-loop policy of one ``--probes`` entry: obs (N, .) -> the same joint offsets (N, J)
+    every step, clipped to the ±``limit`` action box."""
+    offsets = torch.zeros(len(joint_names))
+    for part in filter(None, spec.split(",")):
+        if part == "zero":
+            continue
+        pattern, _, value = part.partition("=")
+        hit = [i for i, n in enumerate(joint_names) if re.fullmatch(pattern, n)]
+        if not hit or not value:
+            raise ValueError(f"probe {part!r}: need <joint-name pattern>=<offset> matching some of {joint_names}")
+        offsets[hit] = float(value)
+    offsets = offsets.clamp(-limit, limit)
+    return lambda obs: offsets.expand(obs.shape[0], -1)
+
+
+@torch.no_grad()
+def action_probes(task: str, model_path: Path, probes: list[str], envs: int, steps: int, seed: int) -> dict[str, Any]:
+    """Real vs imagined first falls under each open-loop probe, from reset (see the module docstring)."""
+    cfg = env_cfg(task)
+    ref = LeggedVelocityVecEnv(cfg, num_envs=1, num_threads=1)
+    names = list(ref.joint_names)
+    ref.close()
+    rows: dict[str, Any] = {}
+    for spec in probes:
+        act = probe_actions(spec, names, cfg.action_limit)
+        real = collect_legged(task, act, envs * steps, num_envs=envs, seed=seed, progress=False)  # grouped by env, time order inside
+        flags = {k: torch.as_tensor(real[k]).reshape(envs, -1)[:, :steps].T for k in ("terminated", "truncated")}
+        real_first = _first_fall_steps(flags["terminated"].bool(), flags["truncated"].bool())
+        imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=False, start_data=real, reset_start_fraction=1.0,
+                                    start_margin_s=0.0, max_episode_steps=steps)
+        obs, _ = imag.reset(seed=seed)
+        imagined = []
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = imag.step(act(obs))
+            imagined.append((terminated, truncated))
+        imag_first = _first_fall_steps(torch.stack([t for t, _ in imagined]), torch.stack([u for _, u in imagined]))
+        rows[spec] = {"real": _fall_summary(real_first), "imagined": _fall_summary(imag_first)}
+        med = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+        print(f"{spec}: fell within {steps} steps: real {rows[spec]['real']['fall_fraction']:.0%} (median step {med(rows[spec]['real']['median_fall_step'])}), "
+              f"imagined {rows[spec]['imagined']['fall_fraction']:.0%} (median step {med(rows[spec]['imagined']['median_fall_step'])})")
+    return {"rows": rows, "model": str(model_path), "envs": envs, "steps": steps}
+
+
 @torch.no_grad()
 def falls(task: str, model_path: Path, checkpoints: list[Path], envs: int, steps: int, seed: int, sample: bool = False) -> dict[str, Any]:
     """Real vs imagined falls of each checkpoint from reset (see the module docstring)."""
@@ -447,7 +499,7 @@ def falls(task: str, model_path: Path, checkpoints: list[Path], envs: int, steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval", "reward-audit", "falls"))
+    parser.add_argument("part", choices=("prediction", "throughput", "policy-eval", "reward-audit", "falls", "action-probes"))
     parser.add_argument("--task", default="anymal_c_flat", choices=("anymal_c_flat", "g1_flat"))
     parser.add_argument("--policy", type=Path, default=None, help="prediction: a wam.policy folder for the policy-collected data")
     parser.add_argument("--model", type=Path, default=None, help="a legged world-model checkpoint folder")
@@ -467,6 +519,7 @@ def main() -> None:
                         help="policy-eval without --model: add perturbed and checkpoint data at each of these action-noise stds (data with falls)")
     parser.add_argument("--start-margin", type=float, default=1.0,
                         help="policy-eval: imagined episodes start at least this many seconds before a real fall (0: from every real state)")
+    parser.add_argument("--probes", nargs="*", default=[], help="action-probes: open-loop actions, e.g. zero '.*_knee_joint=0.5'")
     parser.add_argument("--tag", default="", help="suffix of the result file (and of policy-eval's own model folder)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -474,6 +527,10 @@ def main() -> None:
         result = prediction(args.task, args.policy, args.steps, args.hidden, args.seed)
     elif args.part == "throughput":
         result = throughput(args.task, args.model, args.seconds)
+    elif args.part == "action-probes":
+        if args.model is None or not args.probes:
+            parser.error("action-probes needs --model and --probes")
+        result = action_probes(args.task, args.model, args.probes, 64, 250, args.seed)
     elif not args.checkpoints:
         parser.error(f"{args.part} needs --checkpoints")
     elif args.part in ("reward-audit", "falls") and args.model is None:
