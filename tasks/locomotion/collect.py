@@ -102,7 +102,7 @@ def collect_legged(
     ``action_noise`` adds Gaussian noise of that std (action units: x ``action_scale`` rad) to
     every action, the "random-perturbed" data of RWM's mixtures; ``noise_hold`` > 1 holds each
     draw for that many steps (piecewise-constant offsets: G1 topples at step 66-74 under fresh
-    noise every step whatever it draws, while held joint offsets move the fall between step 55
+    noise every step whatever it draws, while held joint offsets move the fall between step 59
     and 133, the action dependence a balancing policy needs the model to know; BENCHMARKS.md).
     Returns flat transitions with the fields described in the module docstring, grouped by env
     (time order inside).
