@@ -411,6 +411,20 @@ def _fall_summary(steps: torch.Tensor) -> dict[str, float | None]:
     return {"fall_fraction": float((steps >= 0).float().mean()), "median_fall_step": float(fallen.median()) if len(fallen) else None}
 
 
+def _imagined_first_falls(task: str, model_path: Path, act: Callable[[torch.Tensor], torch.Tensor], real: dict[str, np.ndarray],
+                          envs: int, steps: int, seed: int, sample: bool) -> tuple[ImaginedLeggedVecEnv, torch.Tensor]:
+    """``act`` for ``steps`` imagined steps on ``envs`` robots, each started from one of the real
+    reset states in ``real`` (no restarts); the env and each robot's first-fall step (N,) (-1: none)."""
+    imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, start_data=real, reset_start_fraction=1.0,
+                                start_margin_s=0.0, max_episode_steps=steps)
+    obs, _ = imag.reset(seed=seed)
+    flags = []
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = imag.step(act(obs))
+        flags.append((terminated, truncated))
+    return imag, _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
+
+
 def probe_actions(spec: str, joint_names: list[str], limit: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The open-loop policy of one ``--probes`` entry: obs (N, .) -> the same joint offsets (N, J)
     every step, clipped to the ±``limit`` action box."""
@@ -440,14 +454,7 @@ def action_probes(task: str, model_path: Path, probes: list[str], envs: int, ste
         real = collect_legged(task, act, envs * steps, num_envs=envs, seed=seed, progress=False)  # grouped by env, time order inside
         flags = {k: torch.as_tensor(real[k]).reshape(envs, -1)[:, :steps].T for k in ("terminated", "truncated")}
         real_first = _first_fall_steps(flags["terminated"].bool(), flags["truncated"].bool())
-        imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=False, start_data=real, reset_start_fraction=1.0,
-                                    start_margin_s=0.0, max_episode_steps=steps)
-        obs, _ = imag.reset(seed=seed)
-        imagined = []
-        for _ in range(steps):
-            obs, _, terminated, truncated, _ = imag.step(act(obs))
-            imagined.append((terminated, truncated))
-        imag_first = _first_fall_steps(torch.stack([t for t, _ in imagined]), torch.stack([u for _, u in imagined]))
+        _, imag_first = _imagined_first_falls(task, model_path, act, real, envs, steps, seed, sample=False)
         rows[spec] = {"real": _fall_summary(real_first), "imagined": _fall_summary(imag_first)}
         med = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
         print(f"{spec}: fell within {steps} steps: real {rows[spec]['real']['fall_fraction']:.0%} (median step {med(rows[spec]['real']['median_fall_step'])}), "
@@ -475,14 +482,7 @@ def falls(task: str, model_path: Path, checkpoints: list[Path], envs: int, steps
         real_env.close()
         real_first = _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
         real = collect_legged(task, policy.act, envs * steps, num_envs=envs, seed=seed, progress=False)  # transitions for the head
-        imag = ImaginedLeggedVecEnv(envs, model=str(model_path), task=task, sample=sample, start_data=real, reset_start_fraction=1.0,
-                                    start_margin_s=0.0, max_episode_steps=steps)
-        obs, _ = imag.reset(seed=seed)
-        flags = []
-        for _ in range(steps):
-            obs, _, terminated, truncated, _ = imag.step(policy.act(obs))
-            flags.append((terminated, truncated))
-        imag_first = _first_fall_steps(torch.stack([t for t, _ in flags]), torch.stack([u for _, u in flags]))
+        imag, imag_first = _imagined_first_falls(task, model_path, policy.act, real, envs, steps, seed, sample)
         _, logit = imag.model.reward_termination(torch.as_tensor(real["obs"]), torch.as_tensor(real["action"]), torch.as_tensor(real["next_obs"]))
         y = torch.as_tensor(real["terminated"]).bool()
         p = torch.sigmoid(logit - torch.log(imag.model.heads.pos_weight))
