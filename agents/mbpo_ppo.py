@@ -3,8 +3,8 @@
 One outer iteration:
 
 1. **collect**: run the current policy (deterministic mean + Gaussian noise of
-   ``collect_noise``) on ``collect_envs`` MuJoCo robots for ``steps_per_iteration`` real
-   steps and add them to the dataset (skipped offline);
+   ``collect_noise``, each draw held ``collect_noise_hold`` steps) on ``collect_envs`` MuJoCo
+   robots for ``steps_per_iteration`` real steps and add them to the dataset (skipped offline);
 2. **model update**: refit the normalizers on the whole dataset, keeping the function the
    model computes (:meth:`~world_models.state_delta.StateDeltaModel.refit_normalizers`),
    then train it (warm start) for up to ``model_train_steps`` gradient steps on that dataset;
@@ -90,6 +90,7 @@ class MbpoPPOConfig:
     steps_per_iteration: int = 20_000  # real steps collected per iteration with the policy
     collect_envs: int = 20  # MuJoCo robots stepped together while collecting (20 x 1,000 steps: whole 20 s episodes)
     collect_noise: float = 0.3  # Gaussian action noise (action units) while collecting
+    collect_noise_hold: int = 1  # steps each noise draw is held while collecting (1: fresh every step; G1 in BENCHMARKS.md)
     model_train_steps: int = 400  # world-model gradient steps per iteration (warm start)
     model_batch_size: int = 256
     model_learning_rate: float = 5e-4
@@ -306,7 +307,7 @@ def train(
         if it > 0 and not cfg.offline:
             policy = MLPPolicy.from_rsl_rl(runner).cpu()
             new = collect_legged(task, policy.act, cfg.steps_per_iteration, num_envs=cfg.collect_envs, seed=cfg.seed + 1000 * it,
-                                 action_noise=cfg.collect_noise, progress=progress)
+                                 action_noise=cfg.collect_noise, noise_hold=cfg.collect_noise_hold, progress=progress)
             real_steps += len(new["reward"])
             add_real(new)
             # 2. model update on all data, warm start

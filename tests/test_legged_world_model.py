@@ -315,7 +315,8 @@ def record_ppo_policies(monkeypatch, probe: torch.Tensor) -> tuple[list[torch.Te
 def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path, monkeypatch):
     """Iteration 1 loses real reward (a drop strike): iteration 2 must collect its real data
     with iteration 1's policy (the model learns what it exploited), then run PPO from
-    iteration 0's actor, not from the one that lost."""
+    iteration 0's actor, not from the one that lost. Its collections hold each noise draw
+    ``collect_noise_hold`` steps."""
     import agents.mbpo_ppo as mbpo_ppo
     from agents.policy import MLPPolicy
 
@@ -323,11 +324,12 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     real = iter([0.01, -0.01, 0.009])
     monkeypatch.setattr(mbpo_ppo, "real_reward", lambda *a, **k: {"reward": next(real), "termination_rate": 0.0, "steps": 40})
     probe = torch.randn(8, 48, generator=torch.Generator().manual_seed(0))
-    collected = []
+    collected, holds = [], []
     collect = mbpo_ppo.collect_legged
 
     def collect_spy(task, act, *args, **kwargs):
         collected.append(act(probe))
+        holds.append(kwargs["noise_hold"])
         return collect(task, act, *args, **kwargs)
 
     saved, save_state = [], mbpo_ppo.save_runner_state
@@ -342,8 +344,10 @@ def test_mbpo_ppo_collects_with_the_policy_that_struck_then_rolls_back(tmp_path,
     monkeypatch.setattr(mbpo_ppo, "save_runner_state", save_spy)
     assert main(["train-policy", *r, "agent=mbpo_ppo", "agent.num_envs=32", "agent.params.iterations=3", "agent.params.steps_per_iteration=200",
                  "agent.params.collect_envs=20", "agent.params.model_train_steps=2", "agent.params.ppo_iterations=1",
-                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false"]) == 0
+                 "agent.params.ppo.num_steps_per_env=4", "agent.params.guard_steps=4", "agent.params.guard_trains_model=false",
+                 "agent.params.collect_noise_hold=5"]) == 0
     history = json.loads((tmp_path / "mbpo_ppo.json").read_text())
+    assert holds == [5, 5]
     assert history["rolled_back"] == [0.0, 1.0, 0.0]
     assert torch.equal(collected[1], ends[1])  # iteration 2 collected with the policy that struck...
     assert torch.equal(starts[2], ends[0]) and not torch.equal(starts[2], ends[1])  # ...and PPO resumed from iteration 0's
